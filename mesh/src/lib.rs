@@ -1,0 +1,1 @@
+//! podmesh protocols as deterministic state machines: no IO, time as an argument.
