@@ -246,10 +246,8 @@ struct IdentityCheck {
     blocklist: Arc<BTreeSet<Fingerprint>>,
 }
 
-fn refused(reason: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-        Error::Identity(reason),
-    ))))
+fn refused(error: Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
 
 impl IdentityCheck {
@@ -258,12 +256,12 @@ impl IdentityCheck {
         if self.blocklist.contains(&fingerprint(end_entity)) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
-        let claim = NodeIdentityClaim::from_cert(end_entity).map_err(|e| refused(e.to_string()))?;
+        let claim = NodeIdentityClaim::from_cert(end_entity).map_err(refused)?;
         if claim.mesh != self.mesh {
-            return Err(refused(format!(
+            return Err(refused(Error::Identity(format!(
                 "certificate of mesh {}, expected {}",
                 claim.mesh, self.mesh
-            )));
+            ))));
         }
         Ok(claim)
     }
@@ -347,7 +345,7 @@ impl ServerCertVerifier for MeshServerVerifier {
             ));
         }
         let name = ServerName::try_from(expected)
-            .map_err(|e| refused(format!("identity is not a DNS name: {e}")))?;
+            .map_err(|e| refused(Error::Identity(format!("identity is not a DNS name: {e}"))))?;
         self.inner
             .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
     }
@@ -412,7 +410,9 @@ fn describe(error: &rustls::Error) -> String {
         CertificateError::UnknownIssuer => {
             "unknown issuer: not signed by any CA in the bundle".into()
         }
-        CertificateError::BadSignature => "bad signature".into(),
+        CertificateError::BadSignature => {
+            "bad signature: not signed by the CA in the bundle that bears its issuer's name".into()
+        }
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             "wrong usage: a node certificate needs both serverAuth and clientAuth".into()
         }

@@ -1,1 +1,1 @@
-//! node
+//! The podmesh node: daemon, QUIC transport, redb store, local API, CLI and TUI.
