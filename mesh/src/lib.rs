@@ -1,1 +1,71 @@
 //! podmesh protocols as deterministic state machines: no IO, time as an argument.
+//!
+//! This crate holds the mesh's membership (SWIM with the Lifeguard extensions) and its replicated
+//! state (owner-versioned key-value maps with anti-entropy), as one core, [`Mesh`]. The core never
+//! reads a clock, opens a socket, spawns a thread or touches a global RNG: the driver (the QUIC
+//! daemon, or the simulator) passes the time in, feeds it what arrived, and carries out what it
+//! asks for. Given the same seed and the same inputs, it produces byte-identical outputs.
+//!
+//! # Call order
+//!
+//! 1. [`Mesh::new`] reads and durably bumps the incarnation in the [`Store`], then loads the last
+//!    known members so a restarted node can rejoin without seeds.
+//! 2. Feed every event through [`Mesh::handle`]: datagrams and stream messages from
+//!    authenticated nodes, commands (join, leave, put or delete a state key), lost connections.
+//! 3. Sleep until [`Mesh::poll_timeout`], then call [`Mesh::handle_timeout`]. Waking up early
+//!    or late is harmless: only timers that are due fire, and they act on the current state.
+//! 4. After every call, drain [`Mesh::poll_output`]: datagrams and stream messages to send, and
+//!    [`Event`]s (member alive, suspect, dead, left; state changed) to act on.
+//!
+//! # Membership
+//!
+//! Every `probe_interval` the core pings the next member of a shuffled round-robin list. Without
+//! an Ack within `probe_timeout` it asks `indirect_checks` random members to ping the target
+//! (PingReq); they answer Ack, or Nack when the target stayed silent, which proves that they and
+//! the path to them work. Without an Ack by the end of the period the target becomes suspect.
+//! A suspicion turns into death after a timeout that starts at `suspicion_max_mult` times the
+//! minimum `suspicion_mult * max(1, log10 N) * probe_interval` and shrinks logarithmically with
+//! each independent confirmation from another member. A suspected node that hears of it refutes
+//! by gossiping itself alive with a higher incarnation. The Lifeguard local health score
+//! (awareness) rises when this node misses Nacks or is suspected, and stretches its own probe
+//! interval and timeout, so a slow node stops accusing healthy ones.
+//!
+//! Updates travel piggybacked on probes and on a gossip tick to `gossip_fanout` members, each
+//! sent `retransmit_mult * ceil(log10(N + 1))` times, least-sent first, within the datagram
+//! budget. A graceful leave is gossiped as `left`, which is not `dead`. Dead and left members are
+//! kept as tombstones for `tombstone_ttl`. The incarnation is persisted and bumped on every start,
+//! so a restarted node is alive again under the same name.
+//!
+//! # Replicated state
+//!
+//! Each node owns a small key-value map. Every entry carries `(generation, version)`: the
+//! generation is the incarnation at start and the version grows with every write, so receivers
+//! simply keep the highest. Writes piggyback on gossip; completeness comes from anti-entropy:
+//! every `sync_interval` a node sends one random live member the summary hash of its digest
+//! (members and live entries, hashed into `sync_buckets` buckets). Only when the summaries differ
+//! are the bucket hashes exchanged, and then only the records of differing buckets, so the
+//! steady-state cost is one small message per interval whatever the mesh size. Deletions are
+//! tombstones, collected after `tombstone_ttl`.
+//!
+//! The wire format lives in one module and is documented in `docs/wire.md`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod codec;
+mod config;
+mod error;
+mod mesh;
+mod name;
+mod store;
+mod time;
+
+pub use codec::{DecodeError, PROTOCOL_VERSION};
+pub use config::Config;
+pub use error::Error;
+pub use mesh::{
+    Command, Counters, Event, Input, Member, MemberState, Mesh, Output, StateEntry, Target,
+};
+pub use name::{NODE_NAME_LEN_MAX, NodeName};
+pub use store::{MemStore, Row, Store, StoreError, Table, WriteBatch, WriteOp};
+pub use time::Time;

@@ -1,0 +1,491 @@
+//! The wire format, in one place (documented in `docs/wire.md`).
+//!
+//! Every frame is one protocol version byte followed by a bincode 1.3.3 body encoded with
+//! explicit options: varint integers, little endian, a byte limit and trailing bytes rejected.
+//! Decoding never panics and never allocates more than the limit allows: sequences are decoded
+//! without trusting their announced length for preallocation, and byte strings are checked
+//! against the limit by bincode before they are allocated.
+
+use std::net::SocketAddr;
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeName;
+use crate::mesh::MemberState;
+
+/// The protocol version byte that opens every frame. Bump it on any incompatible change.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The frame holds no byte at all.
+    #[error("empty frame")]
+    Empty,
+    /// The frame is larger than the limit for its kind.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The frame was written by an incompatible protocol version.
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    /// The body is not a valid encoding.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// A datagram: an optional probe message plus piggybacked updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Datagram {
+    pub(crate) probe: Probe,
+    #[serde(deserialize_with = "seq")]
+    pub(crate) updates: Vec<Update>,
+}
+
+/// The failure-detector part of a datagram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Probe {
+    /// No probe: the datagram only carries updates (a gossip tick).
+    Gossip,
+    /// Are you alive? `addr` is the sender's advertised address, for the Ack.
+    Ping { seq: u32, addr: SocketAddr },
+    /// Answer to the Ping (or relayed PingReq) with the same `seq`.
+    Ack { seq: u32 },
+    /// Please ping `target` for me and answer Ack or Nack with `seq`.
+    PingReq {
+        seq: u32,
+        addr: SocketAddr,
+        target: NodeName,
+        target_addr: SocketAddr,
+    },
+    /// The indirect probe `seq` got no Ack in time, but this intermediary is alive.
+    Nack { seq: u32 },
+}
+
+/// A piggybacked membership or state update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Update {
+    Alive {
+        name: NodeName,
+        addr: SocketAddr,
+        incarnation: u64,
+    },
+    Suspect {
+        name: NodeName,
+        incarnation: u64,
+        source: NodeName,
+    },
+    Dead {
+        name: NodeName,
+        incarnation: u64,
+        source: NodeName,
+    },
+    Left {
+        name: NodeName,
+        incarnation: u64,
+    },
+    State(StateRecord),
+}
+
+/// One replicated state entry; `value` None is a deletion tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateRecord {
+    pub(crate) owner: NodeName,
+    pub(crate) key: String,
+    pub(crate) generation: u64,
+    pub(crate) version: u64,
+    #[serde(deserialize_with = "opt_bytes")]
+    pub(crate) value: Option<Vec<u8>>,
+}
+
+/// A member as carried by push/pull, anti-entropy and the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MemberRecord {
+    pub(crate) name: NodeName,
+    pub(crate) addr: SocketAddr,
+    pub(crate) incarnation: u64,
+    pub(crate) state: MemberState,
+}
+
+/// A stream message; `addr` is the sender's advertised address so the receiver can answer a
+/// node it does not know yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Message {
+    pub(crate) addr: SocketAddr,
+    pub(crate) body: Body,
+}
+
+/// The kinds of stream messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Body {
+    /// Full state transfer on join; `reply` asks the receiver for its own.
+    PushPull {
+        reply: bool,
+        #[serde(deserialize_with = "seq")]
+        members: Vec<MemberRecord>,
+        #[serde(deserialize_with = "seq")]
+        entries: Vec<StateRecord>,
+    },
+    /// Anti-entropy step 1: the summary hash of the sender's digest.
+    SyncSummary { hash: u64 },
+    /// Anti-entropy step 2: the summaries differ; here are the receiver's bucket hashes.
+    SyncBuckets {
+        #[serde(deserialize_with = "seq")]
+        hashes: Vec<u64>,
+    },
+    /// Anti-entropy step 3: the records of the differing `buckets`; `reply` asks for the
+    /// receiver's newer records of the same buckets.
+    SyncDelta {
+        reply: bool,
+        #[serde(deserialize_with = "seq")]
+        buckets: Vec<u16>,
+        #[serde(deserialize_with = "seq")]
+        members: Vec<MemberRecord>,
+        #[serde(deserialize_with = "seq")]
+        entries: Vec<StateRecord>,
+    },
+}
+
+/// Decodes a sequence without preallocating its announced length: an attacker's length prefix
+/// must not size an allocation, only the bytes actually present (bounded by the limit) may.
+fn seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visitor<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = access.next_element()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Visitor(std::marker::PhantomData))
+}
+
+fn opt_bytes<'de, D>(d: D) -> Result<Option<Vec<u8>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Bytes(#[serde(deserialize_with = "seq")] Vec<u8>);
+    Ok(Option::<Bytes>::deserialize(d)?.map(|b| b.0))
+}
+
+fn options(limit: usize) -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .with_little_endian()
+        .with_limit(u64::try_from(limit).unwrap_or(u64::MAX))
+        .reject_trailing_bytes()
+}
+
+/// Encoded size of `value` without the version byte.
+pub(crate) fn body_size<T: Serialize>(value: &T) -> usize {
+    // Serializing our types cannot fail: every sequence has a known length and the limit is the
+    // largest possible, so the error branch is unreachable and zero is a harmless answer.
+    options(usize::MAX)
+        .serialized_size(value)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![PROTOCOL_VERSION];
+    // Invariant: our wire types serialize infallibly (known-length sequences, no limit).
+    options(usize::MAX)
+        .serialize_into(&mut out, value)
+        .expect("wire types serialize infallibly");
+    out
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    options(limit)
+        .deserialize(body)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// Encodes a datagram (version byte included).
+pub(crate) fn encode_datagram(datagram: &Datagram) -> Vec<u8> {
+    encode(datagram)
+}
+
+/// Decodes a datagram of at most `limit` bytes.
+pub(crate) fn decode_datagram(bytes: &[u8], limit: usize) -> Result<Datagram, DecodeError> {
+    decode(bytes, limit)
+}
+
+/// Encodes a stream message (version byte included).
+pub(crate) fn encode_message(message: &Message) -> Vec<u8> {
+    encode(message)
+}
+
+/// Decodes a stream message of at most `limit` bytes.
+pub(crate) fn decode_message(bytes: &[u8], limit: usize) -> Result<Message, DecodeError> {
+    decode(bytes, limit)
+}
+
+/// Encodes a member record for the store.
+pub(crate) fn encode_member(record: &MemberRecord) -> Vec<u8> {
+    encode(record)
+}
+
+/// Decodes a member record read from the store.
+pub(crate) fn decode_member(bytes: &[u8]) -> Result<MemberRecord, DecodeError> {
+    decode(bytes, 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name_strategy() -> impl Strategy<Value = NodeName> {
+        "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?".prop_map(|s| s.parse().unwrap())
+    }
+
+    fn addr_strategy() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        ]
+    }
+
+    fn state_strategy() -> impl Strategy<Value = MemberState> {
+        prop_oneof![
+            Just(MemberState::Alive),
+            Just(MemberState::Suspect),
+            Just(MemberState::Dead),
+            Just(MemberState::Left),
+        ]
+    }
+
+    fn record_strategy() -> impl Strategy<Value = StateRecord> {
+        (
+            name_strategy(),
+            "[ -~]{0,20}",
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+        )
+            .prop_map(|(owner, key, generation, version, value)| StateRecord {
+                owner,
+                key,
+                generation,
+                version,
+                value,
+            })
+    }
+
+    fn member_strategy() -> impl Strategy<Value = MemberRecord> {
+        (
+            name_strategy(),
+            addr_strategy(),
+            any::<u64>(),
+            state_strategy(),
+        )
+            .prop_map(|(name, addr, incarnation, state)| MemberRecord {
+                name,
+                addr,
+                incarnation,
+                state,
+            })
+    }
+
+    fn update_strategy() -> impl Strategy<Value = Update> {
+        prop_oneof![
+            (name_strategy(), addr_strategy(), any::<u64>()).prop_map(
+                |(name, addr, incarnation)| Update::Alive {
+                    name,
+                    addr,
+                    incarnation
+                }
+            ),
+            (name_strategy(), any::<u64>(), name_strategy()).prop_map(
+                |(name, incarnation, source)| Update::Suspect {
+                    name,
+                    incarnation,
+                    source
+                }
+            ),
+            (name_strategy(), any::<u64>(), name_strategy()).prop_map(
+                |(name, incarnation, source)| Update::Dead {
+                    name,
+                    incarnation,
+                    source
+                }
+            ),
+            (name_strategy(), any::<u64>())
+                .prop_map(|(name, incarnation)| Update::Left { name, incarnation }),
+            record_strategy().prop_map(Update::State),
+        ]
+    }
+
+    fn probe_strategy() -> impl Strategy<Value = Probe> {
+        prop_oneof![
+            Just(Probe::Gossip),
+            (any::<u32>(), addr_strategy()).prop_map(|(seq, addr)| Probe::Ping { seq, addr }),
+            any::<u32>().prop_map(|seq| Probe::Ack { seq }),
+            (
+                any::<u32>(),
+                addr_strategy(),
+                name_strategy(),
+                addr_strategy()
+            )
+                .prop_map(|(seq, addr, target, target_addr)| Probe::PingReq {
+                    seq,
+                    addr,
+                    target,
+                    target_addr
+                }),
+            any::<u32>().prop_map(|seq| Probe::Nack { seq }),
+        ]
+    }
+
+    fn body_strategy() -> impl Strategy<Value = Body> {
+        let members = || proptest::collection::vec(member_strategy(), 0..5);
+        let entries = || proptest::collection::vec(record_strategy(), 0..5);
+        prop_oneof![
+            (any::<bool>(), members(), entries()).prop_map(|(reply, members, entries)| {
+                Body::PushPull {
+                    reply,
+                    members,
+                    entries,
+                }
+            }),
+            any::<u64>().prop_map(|hash| Body::SyncSummary { hash }),
+            proptest::collection::vec(any::<u64>(), 0..70)
+                .prop_map(|hashes| Body::SyncBuckets { hashes }),
+            (
+                any::<bool>(),
+                proptest::collection::vec(any::<u16>(), 0..10),
+                members(),
+                entries()
+            )
+                .prop_map(|(reply, buckets, members, entries)| Body::SyncDelta {
+                    reply,
+                    buckets,
+                    members,
+                    entries
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_any_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            // Whatever arrives from the network or the disk, decoding returns instead of panicking.
+            let _ = decode_datagram(&bytes, 1200);
+            let _ = decode_message(&bytes, 1 << 20);
+            let _ = decode_member(&bytes);
+            let mut versioned = bytes.clone();
+            versioned.insert(0, PROTOCOL_VERSION);
+            let _ = decode_datagram(&versioned, 4096);
+            let _ = decode_message(&versioned, 4096);
+            let _ = decode_member(&versioned);
+        }
+
+        #[test]
+        fn datagrams_round_trip(probe in probe_strategy(), updates in proptest::collection::vec(update_strategy(), 0..8)) {
+            // What one node encodes, another decodes to the same value.
+            let datagram = Datagram { probe, updates };
+            let bytes = encode_datagram(&datagram);
+            prop_assert_eq!(bytes.len(), 1 + body_size(&datagram));
+            prop_assert_eq!(decode_datagram(&bytes, bytes.len()).unwrap(), datagram);
+        }
+
+        #[test]
+        fn messages_round_trip(addr in addr_strategy(), body in body_strategy()) {
+            // Stream messages round-trip too, including empty sequences and tombstones.
+            let message = Message { addr, body };
+            let bytes = encode_message(&message);
+            prop_assert_eq!(decode_message(&bytes, bytes.len()).unwrap(), message);
+        }
+
+        #[test]
+        fn member_records_round_trip(record in member_strategy()) {
+            // Records written to the store read back unchanged.
+            prop_assert_eq!(decode_member(&encode_member(&record)).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_decoding() {
+        // The limit bounds the work done for an oversized frame.
+        let datagram = Datagram {
+            probe: Probe::Ack { seq: 1 },
+            updates: Vec::new(),
+        };
+        let bytes = encode_datagram(&datagram);
+        assert_eq!(
+            decode_datagram(&bytes, bytes.len() - 1),
+            Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                limit: bytes.len() - 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_huge_announced_length_fails_without_allocating_it() {
+        // A sequence claiming 2^60 elements in a tiny frame is malformed, not an allocation.
+        let mut bytes = vec![PROTOCOL_VERSION, 0]; // Probe::Gossip
+        bytes.push(0xfd); // varint marker for a u64 length
+        bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(matches!(
+            decode_datagram(&bytes, 1200),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn wrong_version_and_trailing_bytes_are_rejected() {
+        // A future version and a frame with garbage after the body are both refused.
+        let datagram = Datagram {
+            probe: Probe::Nack { seq: 7 },
+            updates: Vec::new(),
+        };
+        let mut bytes = encode_datagram(&datagram);
+        bytes[0] = PROTOCOL_VERSION + 1;
+        assert_eq!(
+            decode_datagram(&bytes, 1200),
+            Err(DecodeError::Version(PROTOCOL_VERSION + 1))
+        );
+        let mut bytes = encode_datagram(&datagram);
+        bytes.push(0);
+        assert!(matches!(
+            decode_datagram(&bytes, 1200),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(decode_datagram(&[], 1200), Err(DecodeError::Empty));
+    }
+}

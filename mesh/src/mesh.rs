@@ -1,0 +1,2116 @@
+//! The core: SWIM membership with Lifeguard, and owner-versioned replicated state.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{
+    self, Body, Datagram, DecodeError, MemberRecord, Message, Probe, StateRecord, Update,
+};
+use crate::store::{Store, Table, WriteBatch};
+use crate::time::micros;
+use crate::{Config, Error, NodeName, Time};
+
+/// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
+const INCARNATION_KEY: &[u8] = b"incarnation";
+
+/// Bytes reserved in a stream message for everything but the records: the sender address, enum
+/// tags, flags and the length prefixes of up to four sequences.
+const MESSAGE_OVERHEAD: usize = 64;
+
+/// Bytes a varint sequence length can grow beyond the single byte an empty one takes, for any
+/// length a datagram can hold (< 65536 needs 3 bytes).
+const SEQ_LEN_SLACK: usize = 2;
+
+/// A member's state as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; will be declared dead unless it refutes in time.
+    Suspect,
+    /// Declared dead by the failure detector.
+    Dead,
+    /// Left gracefully.
+    Left,
+}
+
+impl MemberState {
+    /// Alive or suspect: still part of the mesh, probed and gossiped to.
+    pub fn is_live(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+
+    /// Precedence at equal incarnation: left beats dead beats suspect beats alive.
+    fn rank(self) -> u8 {
+        match self {
+            MemberState::Alive => 0,
+            MemberState::Suspect => 1,
+            MemberState::Dead => 2,
+            MemberState::Left => 3,
+        }
+    }
+}
+
+/// Where to send a datagram or message.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Target {
+    /// The node's advertised address.
+    pub addr: SocketAddr,
+    /// The node's name, which the transport must authenticate; `None` only when contacting a seed
+    /// known by address alone, in which case any admitted node may answer.
+    pub name: Option<NodeName>,
+}
+
+/// Something that happened, for [`Mesh::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A datagram from `from`, whose name the transport authenticated.
+    Datagram {
+        /// The authenticated sender.
+        from: NodeName,
+        /// The datagram as received.
+        bytes: Vec<u8>,
+    },
+    /// A stream message from `from`, whose name the transport authenticated.
+    Message {
+        /// The authenticated sender.
+        from: NodeName,
+        /// One complete frame.
+        bytes: Vec<u8>,
+    },
+    /// A request of the local operator.
+    Command(Command),
+    /// The transport lost its connection to `node`. This is only a hint: liveness is decided by
+    /// probes, so a flapping connection does not flap membership.
+    ConnectionLost {
+        /// The node.
+        node: NodeName,
+    },
+}
+
+/// A request of the local operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Contact these seeds with a full push/pull and keep re-contacting them. With no seeds, the
+    /// last known members read from the store are contacted instead.
+    Join {
+        /// Seed addresses.
+        seeds: Vec<SocketAddr>,
+    },
+    /// Leave gracefully: gossip `left` and stop probing.
+    Leave,
+    /// Set a key of this node's replicated state.
+    PutState {
+        /// The key, 1 to `state_key_size_max` bytes.
+        key: String,
+        /// The value, at most `state_value_size_max` bytes.
+        value: Vec<u8>,
+    },
+    /// Delete a key of this node's replicated state (a tombstone).
+    DeleteState {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Something the driver must do, from [`Mesh::poll_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a datagram (unreliable; losing it is fine).
+    Datagram {
+        /// The recipient.
+        to: Target,
+        /// The datagram, at most `datagram_size_max` bytes.
+        bytes: Vec<u8>,
+    },
+    /// Send one frame on a QUIC stream.
+    Message {
+        /// The recipient.
+        to: Target,
+        /// The frame, at most `message_size_max` bytes.
+        bytes: Vec<u8>,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+/// A change the application may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member joined, came back, or refuted a suspicion.
+    MemberAlive {
+        /// The member.
+        node: NodeName,
+        /// Its address.
+        addr: SocketAddr,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// A member missed a probe.
+    MemberSuspect {
+        /// The member.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// A member was declared dead.
+    MemberDead {
+        /// The member.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// A member left gracefully.
+    MemberLeft {
+        /// The member.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// A replicated state key of `node` changed (or was deleted).
+    StateChanged {
+        /// The owner.
+        node: NodeName,
+        /// The key.
+        key: String,
+    },
+}
+
+/// A member as seen by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name.
+    pub name: NodeName,
+    /// Its advertised address.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: MemberState,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// When this node last saw its state change.
+    pub changed_at: Time,
+}
+
+/// A replicated state entry, tombstones included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateEntry<'a> {
+    /// The owning node.
+    pub owner: &'a NodeName,
+    /// The key.
+    pub key: &'a str,
+    /// The owner's incarnation when it wrote the entry.
+    pub generation: u64,
+    /// The owner's write counter.
+    pub version: u64,
+    /// The value, or `None` for a deletion tombstone.
+    pub value: Option<&'a [u8]>,
+}
+
+/// Monotonic counters, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams handed to the driver.
+    pub datagrams_sent: u64,
+    /// Their bytes.
+    pub datagram_bytes_sent: u64,
+    /// Stream messages handed to the driver.
+    pub messages_sent: u64,
+    /// Their bytes.
+    pub message_bytes_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Stream messages received.
+    pub messages_received: u64,
+    /// Frames dropped because they did not decode or made no sense.
+    pub bad_frames: u64,
+    /// Records dropped because they broke a size bound.
+    pub bad_records: u64,
+    /// Outputs dropped because `output_queue_max` was reached.
+    pub outputs_dropped: u64,
+    /// Updates evicted from a full broadcast queue.
+    pub broadcasts_evicted: u64,
+    /// New members ignored because `members_max` was reached.
+    pub members_dropped: u64,
+    /// State entries ignored because `state_keys_max` was reached.
+    pub state_dropped: u64,
+    /// PingReqs ignored because `indirect_pending_max` was reached.
+    pub ping_reqs_dropped: u64,
+    /// Seeds ignored because `seeds_max` was reached.
+    pub seeds_dropped: u64,
+    /// Push/pull or delta messages cut short by `message_size_max`.
+    pub messages_truncated: u64,
+    /// Store writes that failed (retried later where it matters).
+    pub store_write_failures: u64,
+    /// Stored member records that did not decode.
+    pub store_corrupt_records: u64,
+    /// Member and state tombstones collected.
+    pub tombstones_collected: u64,
+    /// Connection losses reported by the transport.
+    pub connections_lost: u64,
+}
+
+/// A timer; stale ones (whose token no longer matches) do nothing when they fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Timer {
+    Probe,
+    ProbeTimeout { seq: u32 },
+    Relay { seq: u32 },
+    Suspicion { node: NodeName, token: u64 },
+    Gossip,
+    Sync,
+    Reconnect,
+    Persist,
+}
+
+#[derive(Debug, Clone)]
+struct MemberEntry {
+    addr: SocketAddr,
+    incarnation: u64,
+    state: MemberState,
+    changed_at: Time,
+    suspicion: Option<Suspicion>,
+}
+
+/// A running Lifeguard suspicion.
+#[derive(Debug, Clone)]
+struct Suspicion {
+    started: Time,
+    /// Distinct members that suspected it, the first one included; bounded by `k + 1`.
+    suspecters: BTreeSet<NodeName>,
+    /// Confirmations after which the timeout reaches its minimum.
+    k: u32,
+    min: Duration,
+    max: Duration,
+    token: u64,
+}
+
+impl Suspicion {
+    fn confirmations(&self) -> u32 {
+        u32::try_from(self.suspecters.len().saturating_sub(1)).unwrap_or(u32::MAX)
+    }
+
+    fn deadline(&self) -> Time {
+        self.started + suspicion_timeout(self.min, self.max, self.k, self.confirmations())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    generation: u64,
+    version: u64,
+    value: Option<Vec<u8>>,
+    changed_at: Time,
+}
+
+/// The probe of the current protocol period.
+#[derive(Debug, Clone)]
+struct Probing {
+    seq: u32,
+    target: NodeName,
+    acked: bool,
+    intermediaries: BTreeSet<NodeName>,
+    nacks: BTreeSet<NodeName>,
+}
+
+/// An indirect probe this node runs for someone else.
+#[derive(Debug, Clone)]
+struct Relay {
+    requester: NodeName,
+    addr: SocketAddr,
+    seq: u32,
+    target: NodeName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    Member(NodeName),
+    State(NodeName, String),
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    update: Update,
+    size: usize,
+    transmits: u32,
+    seq: u64,
+}
+
+/// Updates waiting to be piggybacked, least transmitted (then newest) first. A newer update about
+/// the same subject replaces the older one, so the queue never carries contradicting news.
+#[derive(Debug, Default)]
+struct Broadcasts {
+    items: BTreeMap<Subject, Queued>,
+    order: BTreeSet<(u32, Reverse<u64>, Subject)>,
+    next_seq: u64,
+}
+
+impl Broadcasts {
+    /// Queues `update`; returns whether another update had to be evicted to respect `max`.
+    fn push(&mut self, subject: Subject, update: Update, max: usize) -> bool {
+        if let Some(old) = self.items.remove(&subject) {
+            self.order
+                .remove(&(old.transmits, Reverse(old.seq), subject.clone()));
+        }
+        let mut evicted = false;
+        if self.items.len() >= max {
+            // The most transmitted update has done most of its work already.
+            if let Some((_, _, victim)) = self.order.pop_last() {
+                self.items.remove(&victim);
+                evicted = true;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let size = codec::body_size(&update);
+        self.order.insert((0, Reverse(seq), subject.clone()));
+        self.items.insert(
+            subject,
+            Queued {
+                update,
+                size,
+                transmits: 0,
+                seq,
+            },
+        );
+        evicted
+    }
+
+    /// Takes updates that fit in `budget` bytes, counting a transmission for each and dropping
+    /// those that reached `limit` transmissions.
+    fn take(&mut self, mut budget: usize, limit: u32) -> Vec<Update> {
+        let mut chosen = Vec::new();
+        for key in &self.order {
+            if let Some(item) = self.items.get(&key.2)
+                && item.size <= budget
+            {
+                budget -= item.size;
+                chosen.push(key.clone());
+            }
+            if budget < 8 {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(chosen.len());
+        for key in chosen {
+            self.order.remove(&key);
+            let (_, seq, subject) = key;
+            let Some(item) = self.items.get_mut(&subject) else {
+                continue;
+            };
+            item.transmits += 1;
+            out.push(item.update.clone());
+            if item.transmits >= limit {
+                self.items.remove(&subject);
+            } else {
+                self.order.insert((item.transmits, seq, subject));
+            }
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// The membership and replicated-state state machine. See the crate documentation for the
+/// protocol and the call order.
+#[derive(Debug)]
+pub struct Mesh<S> {
+    config: Config,
+    me: NodeName,
+    addr: SocketAddr,
+    incarnation: u64,
+    /// Incarnation at start: the generation of this life's state entries.
+    generation: u64,
+    /// Write counter of this node's state entries.
+    state_version: u64,
+    left: bool,
+    store: S,
+    rng: ChaCha8Rng,
+    /// Every other member, tombstones included.
+    members: BTreeMap<NodeName, MemberEntry>,
+    /// Replicated state per owner, this node included.
+    entries: BTreeMap<NodeName, BTreeMap<String, Entry>>,
+    queue: Broadcasts,
+    timers: BTreeMap<(Time, u64), Timer>,
+    timer_seq: u64,
+    outputs: VecDeque<Output>,
+    probe_order: Vec<NodeName>,
+    probe_next: usize,
+    probe: Option<Probing>,
+    seq: u32,
+    relays: BTreeMap<u32, Relay>,
+    awareness: u32,
+    seeds: Vec<SocketAddr>,
+    /// Last known members read from the store, contacted when this node knows no live member.
+    rejoin: Vec<(NodeName, SocketAddr)>,
+    /// Keys currently in [`Table::Members`].
+    persisted: BTreeSet<Vec<u8>>,
+    members_dirty: bool,
+    next_token: u64,
+    counters: Counters,
+}
+
+impl<S: Store> Mesh<S> {
+    /// Builds the core for node `me`, reachable at `advertise`.
+    ///
+    /// Durably bumps the incarnation (so this life is newer than every previous one) and loads
+    /// the last known members. Fails if the config is invalid or the store cannot be read or
+    /// written: running with an incarnation that might go backwards would make this node a ghost.
+    pub fn new(
+        config: Config,
+        me: NodeName,
+        advertise: SocketAddr,
+        mut store: S,
+        rng_seed: u64,
+        now: Time,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let previous = match store.read(Table::Meta, INCARNATION_KEY)? {
+            None => 0,
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                    DecodeError::Malformed("stored incarnation is not 8 bytes".to_owned())
+                })?;
+                u64::from_be_bytes(bytes)
+            }
+        };
+        let incarnation = previous.saturating_add(1);
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Meta, INCARNATION_KEY, incarnation.to_be_bytes());
+        store.write(batch)?;
+
+        let mut counters = Counters::default();
+        let mut rejoin = Vec::new();
+        let mut persisted = BTreeSet::new();
+        for (key, value) in store.scan(Table::Members)? {
+            match codec::decode_member(&value) {
+                Ok(record) if record.name != me => rejoin.push((record.name, record.addr)),
+                Ok(_) => {}
+                Err(_) => counters.store_corrupt_records += 1,
+            }
+            persisted.insert(key);
+        }
+
+        let mut mesh = Mesh {
+            me: me.clone(),
+            addr: advertise,
+            incarnation,
+            generation: incarnation,
+            state_version: 0,
+            left: false,
+            store,
+            rng: ChaCha8Rng::seed_from_u64(rng_seed),
+            members: BTreeMap::new(),
+            entries: BTreeMap::from([(me, BTreeMap::new())]),
+            queue: Broadcasts::default(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            outputs: VecDeque::new(),
+            probe_order: Vec::new(),
+            probe_next: 0,
+            probe: None,
+            seq: 0,
+            relays: BTreeMap::new(),
+            awareness: 0,
+            seeds: Vec::new(),
+            rejoin,
+            persisted,
+            members_dirty: false,
+            next_token: 0,
+            counters,
+            config,
+        };
+        // Random phases keep nodes started together from probing and syncing in lockstep.
+        let probe_at = now + mesh.jitter(mesh.config.probe_interval);
+        let sync_at = now + mesh.config.sync_interval + mesh.jitter(mesh.config.sync_interval);
+        mesh.schedule(probe_at, Timer::Probe);
+        mesh.schedule(now + mesh.config.gossip_interval, Timer::Gossip);
+        mesh.schedule(sync_at, Timer::Sync);
+        mesh.schedule(now, Timer::Reconnect);
+        mesh.schedule(now + mesh.config.persist_interval, Timer::Persist);
+        Ok(mesh)
+    }
+
+    /// Feeds one input. Network input never fails (bad frames are counted and dropped); only a
+    /// command the core refuses returns an error.
+    pub fn handle(&mut self, input: Input, now: Time) -> Result<(), Error> {
+        match input {
+            Input::Datagram { from, bytes } => {
+                self.counters.datagrams_received += 1;
+                match codec::decode_datagram(&bytes, self.config.datagram_size_max) {
+                    Ok(datagram) if from != self.me => self.on_datagram(from, datagram, now),
+                    Ok(_) | Err(_) => self.counters.bad_frames += 1,
+                }
+                Ok(())
+            }
+            Input::Message { from, bytes } => {
+                self.counters.messages_received += 1;
+                match codec::decode_message(&bytes, self.config.message_size_max) {
+                    Ok(message) if from != self.me => self.on_message(from, message, now),
+                    Ok(_) | Err(_) => self.counters.bad_frames += 1,
+                }
+                Ok(())
+            }
+            Input::Command(command) => self.on_command(command, now),
+            Input::ConnectionLost { .. } => {
+                self.counters.connections_lost += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// When [`Mesh::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.first_key_value().map(|((at, _), _)| *at)
+    }
+
+    /// Fires every timer due at `now`. A call with nothing due does nothing.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            self.on_timer(timer, now);
+        }
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Every member this node knows, itself included, tombstones included, in name order.
+    pub fn members(&self) -> Vec<Member> {
+        let me = Member {
+            name: self.me.clone(),
+            addr: self.addr,
+            state: if self.left {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+            incarnation: self.incarnation,
+            changed_at: Time::ZERO,
+        };
+        let mut out: Vec<Member> = self
+            .members
+            .iter()
+            .map(|(name, m)| Member {
+                name: name.clone(),
+                addr: m.addr,
+                state: m.state,
+                incarnation: m.incarnation,
+                changed_at: m.changed_at,
+            })
+            .collect();
+        let at = out.partition_point(|m| m.name < self.me);
+        out.insert(at, me);
+        out
+    }
+
+    /// One member (never this node), if known.
+    pub fn member(&self, name: &NodeName) -> Option<Member> {
+        self.members.get(name).map(|m| Member {
+            name: name.clone(),
+            addr: m.addr,
+            state: m.state,
+            incarnation: m.incarnation,
+            changed_at: m.changed_at,
+        })
+    }
+
+    /// The live (not deleted) state entries of `node`, in key order.
+    pub fn state_of<'a>(
+        &'a self,
+        node: &NodeName,
+    ) -> impl Iterator<Item = (&'a str, &'a [u8])> + use<'a, S> {
+        self.entries.get(node).into_iter().flat_map(|map| {
+            map.iter()
+                .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
+        })
+    }
+
+    /// Every replicated state entry known here, tombstones included, by owner then key.
+    pub fn entries(&self) -> impl Iterator<Item = StateEntry<'_>> {
+        self.entries.iter().flat_map(|(owner, map)| {
+            map.iter().map(move |(key, e)| StateEntry {
+                owner,
+                key,
+                generation: e.generation,
+                version: e.version,
+                value: e.value.as_deref(),
+            })
+        })
+    }
+
+    /// The Lifeguard local health score, 0 (healthy) to `awareness_max - 1`.
+    pub fn local_health(&self) -> u32 {
+        self.awareness
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// This node's current incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.me
+    }
+
+    /// This node's advertised address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether this node left the mesh.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// Updates waiting to be piggybacked.
+    pub fn broadcast_queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Gives the store back, for a restart.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    // ----- commands -----
+
+    fn on_command(&mut self, command: Command, now: Time) -> Result<(), Error> {
+        match command {
+            Command::Join { seeds } => {
+                for seed in &seeds {
+                    if self.seeds.contains(seed) {
+                        continue;
+                    }
+                    if self.seeds.len() >= self.config.seeds_max {
+                        self.counters.seeds_dropped += 1;
+                        continue;
+                    }
+                    self.seeds.push(*seed);
+                }
+                if seeds.is_empty() {
+                    self.contact_rejoin_candidates();
+                }
+                let own = self.addr;
+                for seed in seeds.into_iter().filter(|s| *s != own) {
+                    self.send_push_pull(
+                        Target {
+                            addr: seed,
+                            name: None,
+                        },
+                        true,
+                    );
+                }
+                Ok(())
+            }
+            Command::Leave => {
+                if !self.left {
+                    self.left = true;
+                    self.probe = None;
+                    let update = Update::Left {
+                        name: self.me.clone(),
+                        incarnation: self.incarnation,
+                    };
+                    self.enqueue(Subject::Member(self.me.clone()), update);
+                    // Push the news right away rather than waiting for the next gossip tick.
+                    self.gossip_round(now);
+                }
+                Ok(())
+            }
+            Command::PutState { key, value } => {
+                self.check_local_write(&key)?;
+                if value.len() > self.config.state_value_size_max {
+                    return Err(Error::StateValue {
+                        len: value.len(),
+                        max: self.config.state_value_size_max,
+                    });
+                }
+                self.write_own(key, Some(value), now);
+                Ok(())
+            }
+            Command::DeleteState { key } => {
+                if self.left {
+                    return Err(Error::Left);
+                }
+                let exists = self
+                    .entries
+                    .get(&self.me)
+                    .and_then(|map| map.get(&key))
+                    .is_some_and(|e| e.value.is_some());
+                if exists {
+                    self.write_own(key, None, now);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn check_local_write(&self, key: &str) -> Result<(), Error> {
+        if self.left {
+            return Err(Error::Left);
+        }
+        let max = self.config.state_key_size_max;
+        if key.is_empty() || key.len() > max {
+            return Err(Error::StateKey {
+                len: key.len(),
+                max,
+            });
+        }
+        let map = self.entries.get(&self.me);
+        let full = map.is_some_and(|m| m.len() >= self.config.state_keys_max);
+        if full && !map.is_some_and(|m| m.contains_key(key)) {
+            return Err(Error::StateFull {
+                max: self.config.state_keys_max,
+            });
+        }
+        Ok(())
+    }
+
+    fn write_own(&mut self, key: String, value: Option<Vec<u8>>, now: Time) {
+        self.state_version += 1;
+        let record = StateRecord {
+            owner: self.me.clone(),
+            key: key.clone(),
+            generation: self.generation,
+            version: self.state_version,
+            value: value.clone(),
+        };
+        let entry = Entry {
+            generation: self.generation,
+            version: self.state_version,
+            value,
+            changed_at: now,
+        };
+        self.entries
+            .entry(self.me.clone())
+            .or_default()
+            .insert(key.clone(), entry);
+        self.enqueue_state(record);
+        self.emit(Event::StateChanged {
+            node: self.me.clone(),
+            key,
+        });
+    }
+
+    // ----- timers -----
+
+    fn schedule(&mut self, at: Time, timer: Timer) {
+        self.timers.insert((at, self.timer_seq), timer);
+        self.timer_seq += 1;
+    }
+
+    fn jitter(&mut self, span: Duration) -> Duration {
+        Duration::from_micros(self.rng.random_range(0..micros(span).max(1)))
+    }
+
+    fn on_timer(&mut self, timer: Timer, now: Time) {
+        match timer {
+            Timer::Probe => self.on_probe_tick(now),
+            Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now),
+            Timer::Relay { seq } => {
+                if let Some(relay) = self.relays.remove(&seq) {
+                    let to = Target {
+                        addr: relay.addr,
+                        name: Some(relay.requester),
+                    };
+                    self.send_datagram(to, Probe::Nack { seq: relay.seq }, None);
+                }
+            }
+            Timer::Suspicion { node, token } => self.on_suspicion_timeout(node, token, now),
+            Timer::Gossip => {
+                self.schedule(now + self.config.gossip_interval, Timer::Gossip);
+                self.gossip_round(now);
+            }
+            Timer::Sync => {
+                self.schedule(now + self.config.sync_interval, Timer::Sync);
+                self.start_sync();
+            }
+            Timer::Reconnect => {
+                self.schedule(now + self.config.reconnect_interval, Timer::Reconnect);
+                self.reconnect();
+            }
+            Timer::Persist => {
+                self.schedule(now + self.config.persist_interval, Timer::Persist);
+                self.persist_members();
+            }
+        }
+    }
+
+    /// Scale of the probe interval and timeout under the current local health.
+    fn stretch(&self) -> u32 {
+        self.awareness + 1
+    }
+
+    fn awareness_add(&mut self, delta: u32) {
+        self.awareness = (self.awareness.saturating_add(delta)).min(self.config.awareness_max - 1);
+    }
+
+    fn on_probe_tick(&mut self, now: Time) {
+        self.collect_tombstones(now);
+        self.finish_probe(now);
+        if self.left {
+            return;
+        }
+        let stretch = self.stretch();
+        self.schedule(now + self.config.probe_interval * stretch, Timer::Probe);
+        let Some(target) = self.next_probe_target() else {
+            return;
+        };
+        let Some(member) = self.members.get(&target) else {
+            return;
+        };
+        let to = Target {
+            addr: member.addr,
+            name: Some(target.clone()),
+        };
+        // Lifeguard's buddy system: a suspect target learns of its suspicion from the probe
+        // itself, so it can refute even if gossip about it is slow.
+        let buddy = (member.state == MemberState::Suspect).then(|| Update::Suspect {
+            name: target.clone(),
+            incarnation: member.incarnation,
+            source: member
+                .suspicion
+                .as_ref()
+                .and_then(|s| s.suspecters.first().cloned())
+                .unwrap_or_else(|| self.me.clone()),
+        });
+        let seq = self.next_seq();
+        self.probe = Some(Probing {
+            seq,
+            target,
+            acked: false,
+            intermediaries: BTreeSet::new(),
+            nacks: BTreeSet::new(),
+        });
+        self.schedule(
+            now + self.config.probe_timeout * stretch,
+            Timer::ProbeTimeout { seq },
+        );
+        self.send_datagram(
+            to,
+            Probe::Ping {
+                seq,
+                addr: self.addr,
+            },
+            buddy,
+        );
+    }
+
+    /// Closes the previous protocol period: without an Ack, the target becomes suspect and the
+    /// missing Nacks count against our own health.
+    fn finish_probe(&mut self, now: Time) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        if probe.acked {
+            return;
+        }
+        let delta = if probe.intermediaries.is_empty() {
+            1
+        } else {
+            probe.intermediaries.len().saturating_sub(probe.nacks.len())
+        };
+        self.awareness_add(u32::try_from(delta).unwrap_or(u32::MAX));
+        if let Some(member) = self.members.get(&probe.target)
+            && member.state.is_live()
+        {
+            let incarnation = member.incarnation;
+            self.on_suspect(probe.target, incarnation, self.me.clone(), now);
+        }
+    }
+
+    fn next_probe_target(&mut self) -> Option<NodeName> {
+        // Each pass visits every live member once, in a fresh random order.
+        for _ in 0..2 {
+            while self.probe_next < self.probe_order.len() {
+                let name = self.probe_order[self.probe_next].clone();
+                self.probe_next += 1;
+                if self.members.get(&name).is_some_and(|m| m.state.is_live()) {
+                    return Some(name);
+                }
+            }
+            let mut order: Vec<NodeName> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.state.is_live())
+                .map(|(name, _)| name.clone())
+                .collect();
+            shuffle(&mut self.rng, &mut order);
+            self.probe_order = order;
+            self.probe_next = 0;
+        }
+        None
+    }
+
+    fn on_probe_timeout(&mut self, seq: u32, _now: Time) {
+        let Some(probe) = &self.probe else { return };
+        if probe.seq != seq || probe.acked {
+            return;
+        }
+        let target = probe.target.clone();
+        let Some(target_addr) = self.members.get(&target).map(|m| m.addr) else {
+            return;
+        };
+        let candidates: Vec<(NodeName, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(name, m)| m.state == MemberState::Alive && **name != target)
+            .map(|(name, m)| (name.clone(), m.addr))
+            .collect();
+        let chosen = sample(&mut self.rng, candidates, self.config.indirect_checks);
+        if let Some(probe) = &mut self.probe {
+            probe.intermediaries = chosen.iter().map(|(name, _)| name.clone()).collect();
+        }
+        for (name, addr) in chosen {
+            let ping_req = Probe::PingReq {
+                seq,
+                addr: self.addr,
+                target: target.clone(),
+                target_addr,
+            };
+            self.send_datagram(
+                Target {
+                    addr,
+                    name: Some(name),
+                },
+                ping_req,
+                None,
+            );
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    // ----- datagrams -----
+
+    fn on_datagram(&mut self, from: NodeName, datagram: Datagram, now: Time) {
+        for update in datagram.updates {
+            self.apply_update(update, now);
+        }
+        match datagram.probe {
+            Probe::Gossip => {}
+            Probe::Ping { seq, addr } => {
+                self.send_datagram(
+                    Target {
+                        addr,
+                        name: Some(from),
+                    },
+                    Probe::Ack { seq },
+                    None,
+                );
+            }
+            Probe::Ack { seq } => self.on_ack(from, seq),
+            Probe::PingReq {
+                seq,
+                addr,
+                target,
+                target_addr,
+            } => {
+                if target == self.me {
+                    self.send_datagram(
+                        Target {
+                            addr,
+                            name: Some(from),
+                        },
+                        Probe::Ack { seq },
+                        None,
+                    );
+                } else if self.relays.len() >= self.config.indirect_pending_max {
+                    self.counters.ping_reqs_dropped += 1;
+                } else {
+                    let relay_seq = self.next_seq();
+                    self.relays.insert(
+                        relay_seq,
+                        Relay {
+                            requester: from,
+                            addr,
+                            seq,
+                            target: target.clone(),
+                        },
+                    );
+                    // Nack before the requester's period ends, so the Nack proves our health in time.
+                    let nack_at = now + self.config.probe_timeout.mul_f64(0.8);
+                    self.schedule(nack_at, Timer::Relay { seq: relay_seq });
+                    let ping = Probe::Ping {
+                        seq: relay_seq,
+                        addr: self.addr,
+                    };
+                    self.send_datagram(
+                        Target {
+                            addr: target_addr,
+                            name: Some(target),
+                        },
+                        ping,
+                        None,
+                    );
+                }
+            }
+            Probe::Nack { seq } => {
+                if let Some(probe) = &mut self.probe
+                    && probe.seq == seq
+                    && probe.intermediaries.contains(&from)
+                {
+                    probe.nacks.insert(from);
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, from: NodeName, seq: u32) {
+        if let Some(probe) = &mut self.probe
+            && probe.seq == seq
+            && !probe.acked
+            && (probe.target == from || probe.intermediaries.contains(&from))
+        {
+            probe.acked = true;
+            self.awareness = self.awareness.saturating_sub(1);
+            return;
+        }
+        if self.relays.get(&seq).is_some_and(|r| r.target == from)
+            && let Some(relay) = self.relays.remove(&seq)
+        {
+            let to = Target {
+                addr: relay.addr,
+                name: Some(relay.requester),
+            };
+            self.send_datagram(to, Probe::Ack { seq: relay.seq }, None);
+        }
+    }
+
+    /// How many times each update is piggybacked: `retransmit_mult * ceil(log10(N + 1))`.
+    fn retransmit_limit(&self) -> u32 {
+        // ceil(log10(n + 1)) is the number of decimal digits of n, for n >= 1.
+        let mut digits = 0u32;
+        let mut n = self.live_count();
+        while n > 0 {
+            digits += 1;
+            n /= 10;
+        }
+        self.config.retransmit_mult.saturating_mul(digits.max(1))
+    }
+
+    /// Live members, this node included.
+    fn live_count(&self) -> usize {
+        1 + self.members.values().filter(|m| m.state.is_live()).count()
+    }
+
+    /// Sends `probe` to `to` with as many queued updates as fit; `first` goes before them.
+    /// Returns how many updates were piggybacked.
+    fn send_datagram(&mut self, to: Target, probe: Probe, first: Option<Update>) -> usize {
+        let empty = Datagram {
+            probe,
+            updates: Vec::new(),
+        };
+        let mut budget = self
+            .config
+            .datagram_size_max
+            .saturating_sub(1 + codec::body_size(&empty) + SEQ_LEN_SLACK);
+        let mut updates = Vec::new();
+        if let Some(update) = first {
+            let size = codec::body_size(&update);
+            if size <= budget {
+                budget -= size;
+                updates.push(update);
+            }
+        }
+        let limit = self.retransmit_limit();
+        updates.extend(self.queue.take(budget, limit));
+        let count = updates.len();
+        let bytes = codec::encode_datagram(&Datagram {
+            probe: empty.probe,
+            updates,
+        });
+        debug_assert!(bytes.len() <= self.config.datagram_size_max);
+        self.push_output(Output::Datagram { to, bytes });
+        count
+    }
+
+    fn gossip_round(&mut self, now: Time) {
+        if self.queue.len() == 0 {
+            return;
+        }
+        // Recently dead members still get gossip, so a falsely accused node can refute.
+        let dead_window = self.config.gossip_to_dead;
+        let candidates: Vec<(NodeName, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.state.is_live()
+                    || (m.state == MemberState::Dead
+                        && now.saturating_since(m.changed_at) < dead_window)
+            })
+            .map(|(name, m)| (name.clone(), m.addr))
+            .collect();
+        for (name, addr) in sample(&mut self.rng, candidates, self.config.gossip_fanout) {
+            if self.queue.len() == 0 {
+                break;
+            }
+            self.send_datagram(
+                Target {
+                    addr,
+                    name: Some(name),
+                },
+                Probe::Gossip,
+                None,
+            );
+        }
+    }
+
+    fn enqueue(&mut self, subject: Subject, update: Update) {
+        if self
+            .queue
+            .push(subject, update, self.config.broadcast_queue_max)
+        {
+            self.counters.broadcasts_evicted += 1;
+        }
+    }
+
+    fn enqueue_state(&mut self, record: StateRecord) {
+        let subject = Subject::State(record.owner.clone(), record.key.clone());
+        let update = Update::State(record);
+        // Entries too large for any datagram travel by anti-entropy only.
+        let fits =
+            1 + codec::body_size(&Datagram {
+                probe: Probe::Gossip,
+                updates: Vec::new(),
+            }) + SEQ_LEN_SLACK
+                + codec::body_size(&update)
+                <= self.config.datagram_size_max;
+        if fits {
+            self.enqueue(subject, update);
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.push_output(Output::Event(event));
+    }
+
+    fn push_output(&mut self, output: Output) {
+        if self.outputs.len() >= self.config.output_queue_max {
+            self.counters.outputs_dropped += 1;
+            return;
+        }
+        match &output {
+            Output::Datagram { bytes, .. } => {
+                self.counters.datagrams_sent += 1;
+                self.counters.datagram_bytes_sent += bytes.len() as u64;
+            }
+            Output::Message { bytes, .. } => {
+                self.counters.messages_sent += 1;
+                self.counters.message_bytes_sent += bytes.len() as u64;
+            }
+            Output::Event(_) => {}
+        }
+        self.outputs.push_back(output);
+    }
+
+    // ----- membership rules -----
+
+    fn apply_update(&mut self, update: Update, now: Time) {
+        match update {
+            Update::Alive {
+                name,
+                addr,
+                incarnation,
+            } => self.on_alive(name, addr, incarnation, now),
+            Update::Suspect {
+                name,
+                incarnation,
+                source,
+            } => self.on_suspect(name, incarnation, source, now),
+            Update::Dead {
+                name,
+                incarnation,
+                source,
+            } => self.on_dead(name, incarnation, source, now),
+            Update::Left { name, incarnation } => self.on_left(name, incarnation, now),
+            Update::State(record) => self.on_state(record, now),
+        }
+    }
+
+    /// Applies a member record from a push/pull or an anti-entropy delta. A death learned this
+    /// way only raises a suspicion: the sender may be on the other side of a partition that just
+    /// healed, and the accused node deserves the chance to refute.
+    fn apply_record(&mut self, record: MemberRecord, from: &NodeName, now: Time) {
+        let MemberRecord {
+            name,
+            addr,
+            incarnation,
+            state,
+        } = record;
+        match state {
+            MemberState::Alive => self.on_alive(name, addr, incarnation, now),
+            MemberState::Suspect | MemberState::Dead => {
+                self.on_suspect(name, incarnation, from.clone(), now)
+            }
+            MemberState::Left => self.on_left(name, incarnation, now),
+        }
+    }
+
+    fn on_alive(&mut self, name: NodeName, addr: SocketAddr, incarnation: u64, now: Time) {
+        if name == self.me {
+            if incarnation > self.incarnation && !self.left {
+                self.refute(incarnation);
+            }
+            return;
+        }
+        match self.members.get_mut(&name) {
+            None => {
+                if self.members.len() >= self.config.members_max {
+                    self.counters.members_dropped += 1;
+                    return;
+                }
+                self.members.insert(
+                    name.clone(),
+                    MemberEntry {
+                        addr,
+                        incarnation,
+                        state: MemberState::Alive,
+                        changed_at: now,
+                        suspicion: None,
+                    },
+                );
+                self.entries.entry(name.clone()).or_default();
+                self.add_to_probe_order(name.clone());
+            }
+            Some(member) => {
+                if incarnation <= member.incarnation {
+                    return;
+                }
+                let was = member.state;
+                member.incarnation = incarnation;
+                member.addr = addr;
+                member.state = MemberState::Alive;
+                member.suspicion = None;
+                if was == MemberState::Alive {
+                    self.enqueue(
+                        Subject::Member(name.clone()),
+                        Update::Alive {
+                            name,
+                            addr,
+                            incarnation,
+                        },
+                    );
+                    self.members_dirty = true;
+                    return;
+                }
+                member.changed_at = now;
+                if !was.is_live() {
+                    self.add_to_probe_order(name.clone());
+                }
+            }
+        }
+        self.members_dirty = true;
+        self.emit(Event::MemberAlive {
+            node: name.clone(),
+            addr,
+            incarnation,
+        });
+        self.enqueue(
+            Subject::Member(name.clone()),
+            Update::Alive {
+                name,
+                addr,
+                incarnation,
+            },
+        );
+    }
+
+    fn add_to_probe_order(&mut self, name: NodeName) {
+        // A random slot among the members not yet probed this round, as SWIM's round-robin
+        // with random insertion prescribes.
+        let start = self.probe_next.min(self.probe_order.len());
+        let at = self.rng.random_range(start..=self.probe_order.len());
+        self.probe_order.insert(at, name);
+    }
+
+    fn suspicion_bounds(&self) -> (Duration, Duration, u32) {
+        let n = self.live_count();
+        let scale = (n as f64).log10().max(1.0);
+        let min_micros = f64::from(self.config.suspicion_mult)
+            * scale
+            * micros(self.config.probe_interval) as f64;
+        let min = Duration::from_micros(min_micros as u64);
+        let max = min * self.config.suspicion_max_mult;
+        // Only members other than the suspect and the first suspecter can confirm.
+        let k = self.config.indirect_checks.min(n.saturating_sub(2));
+        (min, max, u32::try_from(k).unwrap_or(u32::MAX))
+    }
+
+    fn on_suspect(&mut self, name: NodeName, incarnation: u64, source: NodeName, now: Time) {
+        if name == self.me {
+            if !self.left && incarnation >= self.incarnation {
+                // Being suspected hints that we are the slow one: Lifeguard raises awareness.
+                self.awareness_add(1);
+                self.refute(incarnation);
+            }
+            return;
+        }
+        let (min, max, k) = self.suspicion_bounds();
+        let token = self.next_token;
+        let Some(member) = self.members.get_mut(&name) else {
+            return;
+        };
+        if incarnation < member.incarnation || !member.state.is_live() {
+            return;
+        }
+        if member.state == MemberState::Suspect && incarnation == member.incarnation {
+            // A confirmation: counts only if independent and while it can still shrink the timeout.
+            let Some(suspicion) = &mut member.suspicion else {
+                return;
+            };
+            if suspicion.confirmations() >= suspicion.k
+                || !suspicion.suspecters.insert(source.clone())
+            {
+                return;
+            }
+            suspicion.token = token;
+            let deadline = suspicion.deadline();
+            self.next_token += 1;
+            self.schedule(
+                deadline.max(now),
+                Timer::Suspicion {
+                    node: name.clone(),
+                    token,
+                },
+            );
+            self.enqueue(
+                Subject::Member(name.clone()),
+                Update::Suspect {
+                    name,
+                    incarnation,
+                    source,
+                },
+            );
+            return;
+        }
+        let suspicion = Suspicion {
+            started: now,
+            suspecters: BTreeSet::from([source.clone()]),
+            k,
+            min,
+            max,
+            token,
+        };
+        let deadline = suspicion.deadline();
+        member.incarnation = incarnation;
+        member.state = MemberState::Suspect;
+        member.changed_at = now;
+        member.suspicion = Some(suspicion);
+        self.next_token += 1;
+        self.schedule(
+            deadline,
+            Timer::Suspicion {
+                node: name.clone(),
+                token,
+            },
+        );
+        self.emit(Event::MemberSuspect {
+            node: name.clone(),
+            incarnation,
+        });
+        self.enqueue(
+            Subject::Member(name.clone()),
+            Update::Suspect {
+                name,
+                incarnation,
+                source,
+            },
+        );
+    }
+
+    fn on_suspicion_timeout(&mut self, name: NodeName, token: u64, now: Time) {
+        let Some(member) = self.members.get(&name) else {
+            return;
+        };
+        let current = member.suspicion.as_ref().is_some_and(|s| s.token == token);
+        if member.state != MemberState::Suspect || !current {
+            return;
+        }
+        let incarnation = member.incarnation;
+        self.on_dead(name, incarnation, self.me.clone(), now);
+    }
+
+    fn on_dead(&mut self, name: NodeName, incarnation: u64, source: NodeName, now: Time) {
+        if name == self.me {
+            if !self.left && incarnation >= self.incarnation {
+                self.refute(incarnation);
+            }
+            return;
+        }
+        let Some(member) = self.members.get_mut(&name) else {
+            return;
+        };
+        if incarnation < member.incarnation || !member.state.is_live() {
+            return;
+        }
+        member.incarnation = incarnation;
+        member.state = MemberState::Dead;
+        member.changed_at = now;
+        member.suspicion = None;
+        self.members_dirty = true;
+        self.emit(Event::MemberDead {
+            node: name.clone(),
+            incarnation,
+        });
+        self.enqueue(
+            Subject::Member(name.clone()),
+            Update::Dead {
+                name,
+                incarnation,
+                source,
+            },
+        );
+    }
+
+    fn on_left(&mut self, name: NodeName, incarnation: u64, now: Time) {
+        if name == self.me {
+            // A leave from a previous life must not stick to this one.
+            if !self.left && incarnation >= self.incarnation {
+                self.refute(incarnation);
+            }
+            return;
+        }
+        let Some(member) = self.members.get_mut(&name) else {
+            return;
+        };
+        if incarnation < member.incarnation || member.state == MemberState::Left {
+            return;
+        }
+        member.incarnation = incarnation;
+        member.state = MemberState::Left;
+        member.changed_at = now;
+        member.suspicion = None;
+        self.members_dirty = true;
+        self.emit(Event::MemberLeft {
+            node: name.clone(),
+            incarnation,
+        });
+        self.enqueue(
+            Subject::Member(name.clone()),
+            Update::Left { name, incarnation },
+        );
+    }
+
+    /// Claims a higher incarnation than anything said about us, and persists it so a restart
+    /// starts above it.
+    fn refute(&mut self, seen: u64) {
+        self.incarnation = self.incarnation.max(seen).saturating_add(1);
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Meta, INCARNATION_KEY, self.incarnation.to_be_bytes());
+        if self.store.write(batch).is_err() {
+            // Not fatal: the next start still bumps past the stored value, and if that is lower
+            // than what others saw, their news about us makes us refute again.
+            self.counters.store_write_failures += 1;
+        }
+        let update = Update::Alive {
+            name: self.me.clone(),
+            addr: self.addr,
+            incarnation: self.incarnation,
+        };
+        self.enqueue(Subject::Member(self.me.clone()), update);
+    }
+
+    // ----- replicated state rules -----
+
+    fn record_in_bounds(&self, record: &StateRecord) -> bool {
+        !record.key.is_empty()
+            && record.key.len() <= self.config.state_key_size_max
+            && record
+                .value
+                .as_ref()
+                .is_none_or(|v| v.len() <= self.config.state_value_size_max)
+    }
+
+    fn on_state(&mut self, record: StateRecord, now: Time) {
+        if !self.record_in_bounds(&record) {
+            self.counters.bad_records += 1;
+            return;
+        }
+        if record.owner == self.me {
+            self.on_own_record(record, now);
+            return;
+        }
+        if !self.members.contains_key(&record.owner) {
+            // Membership news comes first (and in the same anti-entropy bucket), so an entry of
+            // an unknown owner is either early or about a collected member: safe to skip.
+            return;
+        }
+        let keys_max = self.config.state_keys_max;
+        let map = self.entries.entry(record.owner.clone()).or_default();
+        match map.get(&record.key) {
+            Some(e) if (e.generation, e.version) >= (record.generation, record.version) => return,
+            None if record.value.is_none() => return,
+            None if map.len() >= keys_max => {
+                self.counters.state_dropped += 1;
+                return;
+            }
+            _ => {}
+        }
+        let entry = Entry {
+            generation: record.generation,
+            version: record.version,
+            value: record.value.clone(),
+            changed_at: now,
+        };
+        map.insert(record.key.clone(), entry);
+        self.emit(Event::StateChanged {
+            node: record.owner.clone(),
+            key: record.key.clone(),
+        });
+        self.enqueue_state(record);
+    }
+
+    /// Someone holds an entry of ours that this life did not write (a previous life's key that
+    /// was not written again): the owner buries it with a newer tombstone.
+    fn on_own_record(&mut self, record: StateRecord, now: Time) {
+        let map = self.entries.entry(self.me.clone()).or_default();
+        let known = map.get(&record.key);
+        if known.is_some_and(|e| (e.generation, e.version) >= (record.generation, record.version)) {
+            return;
+        }
+        if known.is_none() && (record.value.is_none() || map.len() >= self.config.state_keys_max) {
+            return;
+        }
+        if record.generation == self.generation {
+            self.state_version = self.state_version.max(record.version);
+        }
+        self.write_own(record.key, None, now);
+    }
+
+    // ----- tombstones and persistence -----
+
+    fn collect_tombstones(&mut self, now: Time) {
+        let ttl = self.config.tombstone_ttl;
+        let expired: Vec<NodeName> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.state.is_live() && now.saturating_since(m.changed_at) >= ttl)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            self.members.remove(&name);
+            self.entries.remove(&name);
+            self.members_dirty = true;
+            self.counters.tombstones_collected += 1;
+        }
+        for map in self.entries.values_mut() {
+            let before = map.len();
+            map.retain(|_, e| e.value.is_some() || now.saturating_since(e.changed_at) < ttl);
+            self.counters.tombstones_collected += (before - map.len()) as u64;
+        }
+    }
+
+    fn persist_members(&mut self) {
+        if !self.members_dirty {
+            return;
+        }
+        let mut batch = WriteBatch::new();
+        let mut current = BTreeSet::new();
+        for (name, m) in self.members.iter().filter(|(_, m)| m.state.is_live()) {
+            let record = MemberRecord {
+                name: name.clone(),
+                addr: m.addr,
+                incarnation: m.incarnation,
+                state: m.state,
+            };
+            let key = name.as_str().as_bytes().to_vec();
+            batch.put(Table::Members, key.clone(), codec::encode_member(&record));
+            current.insert(key);
+        }
+        for stale in self.persisted.difference(&current) {
+            batch.delete(Table::Members, stale.clone());
+        }
+        match self.store.write(batch) {
+            Ok(()) => {
+                self.persisted = current;
+                self.members_dirty = false;
+            }
+            // Stays dirty, so the next tick retries.
+            Err(_) => self.counters.store_write_failures += 1,
+        }
+    }
+
+    // ----- stream messages: join push/pull and anti-entropy -----
+
+    fn send_message(&mut self, to: Target, body: Body) {
+        let bytes = codec::encode_message(&Message {
+            addr: self.addr,
+            body,
+        });
+        debug_assert!(bytes.len() <= self.config.message_size_max);
+        self.push_output(Output::Message { to, bytes });
+    }
+
+    fn my_record(&self) -> MemberRecord {
+        MemberRecord {
+            name: self.me.clone(),
+            addr: self.addr,
+            incarnation: self.incarnation,
+            state: if self.left {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+        }
+    }
+
+    fn send_push_pull(&mut self, to: Target, reply: bool) {
+        let mut budget = self.config.message_size_max - MESSAGE_OVERHEAD;
+        let mut truncated = false;
+        let mut members = Vec::new();
+        let records = std::iter::once(self.my_record()).chain(self.members.iter().map(|(n, m)| {
+            MemberRecord {
+                name: n.clone(),
+                addr: m.addr,
+                incarnation: m.incarnation,
+                state: m.state,
+            }
+        }));
+        for record in records {
+            let size = codec::body_size(&record);
+            if size > budget {
+                truncated = true;
+                break;
+            }
+            budget -= size;
+            members.push(record);
+        }
+        let mut entries = Vec::new();
+        'owners: for (owner, map) in &self.entries {
+            for (key, e) in map {
+                let record = state_record(owner, key, e);
+                let size = codec::body_size(&record);
+                if size > budget {
+                    truncated = true;
+                    break 'owners;
+                }
+                budget -= size;
+                entries.push(record);
+            }
+        }
+        if truncated {
+            // Anti-entropy completes what did not fit.
+            self.counters.messages_truncated += 1;
+        }
+        self.send_message(
+            to,
+            Body::PushPull {
+                reply,
+                members,
+                entries,
+            },
+        );
+    }
+
+    fn contact_rejoin_candidates(&mut self) {
+        let candidates = self.rejoin.clone();
+        for (name, addr) in sample(&mut self.rng, candidates, self.config.rejoin_fanout) {
+            self.send_push_pull(
+                Target {
+                    addr,
+                    name: Some(name),
+                },
+                true,
+            );
+        }
+    }
+
+    fn reconnect(&mut self) {
+        if self.left {
+            return;
+        }
+        if !self.members.values().any(|m| m.state.is_live()) {
+            // Alone: a full push/pull with every seed, else with some last known members.
+            let seeds: Vec<SocketAddr> = self
+                .seeds
+                .iter()
+                .copied()
+                .filter(|s| *s != self.addr)
+                .collect();
+            if seeds.is_empty() {
+                self.contact_rejoin_candidates();
+            }
+            for seed in seeds {
+                self.send_push_pull(
+                    Target {
+                        addr: seed,
+                        name: None,
+                    },
+                    true,
+                );
+            }
+            return;
+        }
+        // Connected: a cheap summary exchange with one seed and one dead member is enough to
+        // notice (and then repair) a partition or an island.
+        let hash = summary(&self.digest());
+        let seeds: Vec<SocketAddr> = self
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| *s != self.addr)
+            .collect();
+        if let Some(seed) = sample(&mut self.rng, seeds, 1).pop() {
+            self.send_message(
+                Target {
+                    addr: seed,
+                    name: None,
+                },
+                Body::SyncSummary { hash },
+            );
+        }
+        let dead: Vec<(NodeName, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Dead)
+            .map(|(name, m)| (name.clone(), m.addr))
+            .collect();
+        if let Some((name, addr)) = sample(&mut self.rng, dead, 1).pop() {
+            self.send_message(
+                Target {
+                    addr,
+                    name: Some(name),
+                },
+                Body::SyncSummary { hash },
+            );
+        }
+    }
+
+    fn start_sync(&mut self) {
+        if self.left {
+            return;
+        }
+        let alive: Vec<(NodeName, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Alive)
+            .map(|(name, m)| (name.clone(), m.addr))
+            .collect();
+        if let Some((name, addr)) = sample(&mut self.rng, alive, 1).pop() {
+            let hash = summary(&self.digest());
+            self.send_message(
+                Target {
+                    addr,
+                    name: Some(name),
+                },
+                Body::SyncSummary { hash },
+            );
+        }
+    }
+
+    fn bucket_of(&self, name: &NodeName) -> u16 {
+        // Invariant: sync_buckets is in 1..=4096 (validated), so the remainder fits in u16.
+        (fnv1a(&[name.as_str().as_bytes()]) % u64::from(self.config.sync_buckets)) as u16
+    }
+
+    /// The anti-entropy digest: per bucket, the wrapping sum of the hashes of live members
+    /// (name, incarnation) and of live entries of live owners (owner, key, generation, version).
+    /// Suspicion and tombstones are left out on purpose: they differ between nodes for a while
+    /// by design, and drilling into them every round would cost bytes for nothing.
+    fn digest(&self) -> Vec<u64> {
+        let mut buckets = vec![0u64; usize::from(self.config.sync_buckets)];
+        let mut add = |bucket: u16, hash: u64| {
+            if let Some(slot) = buckets.get_mut(usize::from(bucket)) {
+                *slot = slot.wrapping_add(hash);
+            }
+        };
+        let live = std::iter::once((&self.me, self.incarnation, !self.left)).chain(
+            self.members
+                .iter()
+                .map(|(name, m)| (name, m.incarnation, m.state.is_live())),
+        );
+        for (name, incarnation, is_live) in live {
+            if !is_live {
+                continue;
+            }
+            let bucket = self.bucket_of(name);
+            add(
+                bucket,
+                mix(fnv1a(&[
+                    b"m",
+                    name.as_str().as_bytes(),
+                    &incarnation.to_le_bytes(),
+                ])),
+            );
+            for (key, e) in self.entries.get(name).into_iter().flatten() {
+                if e.value.is_some() {
+                    let hash = fnv1a(&[
+                        b"s",
+                        name.as_str().as_bytes(),
+                        key.as_bytes(),
+                        &e.generation.to_le_bytes(),
+                        &e.version.to_le_bytes(),
+                    ]);
+                    add(bucket, mix(hash));
+                }
+            }
+        }
+        buckets
+    }
+
+    /// Records of the given buckets (members first, then their entries, tombstones included),
+    /// whole buckets only while they fit in the message budget.
+    fn bucket_records(
+        &self,
+        wanted: &[u16],
+    ) -> (Vec<u16>, Vec<MemberRecord>, Vec<StateRecord>, bool) {
+        let wanted_set: BTreeSet<u16> = wanted.iter().copied().collect();
+        let mut per_bucket: BTreeMap<u16, (Vec<MemberRecord>, Vec<StateRecord>)> = BTreeMap::new();
+        let all = std::iter::once(self.my_record()).chain(self.members.iter().map(|(n, m)| {
+            MemberRecord {
+                name: n.clone(),
+                addr: m.addr,
+                incarnation: m.incarnation,
+                state: m.state,
+            }
+        }));
+        for record in all {
+            let bucket = self.bucket_of(&record.name);
+            if !wanted_set.contains(&bucket) {
+                continue;
+            }
+            let slot = per_bucket.entry(bucket).or_default();
+            for (key, e) in self.entries.get(&record.name).into_iter().flatten() {
+                slot.1.push(state_record(&record.name, key, e));
+            }
+            slot.0.push(record);
+        }
+        let mut budget = self.config.message_size_max - MESSAGE_OVERHEAD;
+        let (mut covered, mut members, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+        let mut truncated = false;
+        for bucket in wanted {
+            let (bucket_members, bucket_entries) = per_bucket.remove(bucket).unwrap_or_default();
+            let size = 3
+                + bucket_members.iter().map(codec::body_size).sum::<usize>()
+                + bucket_entries.iter().map(codec::body_size).sum::<usize>();
+            if size > budget {
+                truncated = true;
+                continue;
+            }
+            budget -= size;
+            covered.push(*bucket);
+            members.extend(bucket_members);
+            entries.extend(bucket_entries);
+        }
+        (covered, members, entries, truncated)
+    }
+
+    fn on_message(&mut self, from: NodeName, message: Message, now: Time) {
+        let reply_to = Target {
+            addr: message.addr,
+            name: Some(from.clone()),
+        };
+        match message.body {
+            Body::PushPull {
+                reply,
+                members,
+                entries,
+            } => {
+                self.apply_records(&from, members, entries, now);
+                if reply {
+                    self.send_push_pull(reply_to, false);
+                }
+            }
+            Body::SyncSummary { hash } => {
+                let digest = self.digest();
+                if summary(&digest) != hash {
+                    self.send_message(reply_to, Body::SyncBuckets { hashes: digest });
+                }
+            }
+            Body::SyncBuckets { hashes } => {
+                if hashes.len() != usize::from(self.config.sync_buckets) {
+                    self.counters.bad_frames += 1;
+                    return;
+                }
+                let digest = self.digest();
+                let mut differing: Vec<u16> = (0..self.config.sync_buckets)
+                    .filter(|&b| hashes.get(usize::from(b)) != digest.get(usize::from(b)))
+                    .collect();
+                if differing.is_empty() {
+                    return;
+                }
+                // A random order, so a delta too big for one message covers other buckets next time.
+                shuffle(&mut self.rng, &mut differing);
+                let (buckets, members, entries, truncated) = self.bucket_records(&differing);
+                if truncated {
+                    self.counters.messages_truncated += 1;
+                }
+                self.send_message(
+                    reply_to,
+                    Body::SyncDelta {
+                        reply: true,
+                        buckets,
+                        members,
+                        entries,
+                    },
+                );
+            }
+            Body::SyncDelta {
+                reply,
+                buckets,
+                members,
+                entries,
+            } => {
+                if buckets.iter().any(|b| *b >= self.config.sync_buckets) {
+                    self.counters.bad_frames += 1;
+                    return;
+                }
+                let theirs_members: BTreeMap<NodeName, (u64, u8)> = members
+                    .iter()
+                    .map(|r| (r.name.clone(), (r.incarnation, r.state.rank())))
+                    .collect();
+                let theirs_entries: BTreeMap<(NodeName, String), (u64, u64)> = entries
+                    .iter()
+                    .map(|r| ((r.owner.clone(), r.key.clone()), (r.generation, r.version)))
+                    .collect();
+                self.apply_records(&from, members, entries, now);
+                if !reply {
+                    return;
+                }
+                let (buckets, mut members, mut entries, truncated) = self.bucket_records(&buckets);
+                if truncated {
+                    self.counters.messages_truncated += 1;
+                }
+                // Send back only what the other side lacks or holds in an older version.
+                members.retain(|r| {
+                    theirs_members
+                        .get(&r.name)
+                        .is_none_or(|v| *v < (r.incarnation, r.state.rank()))
+                });
+                entries.retain(|r| {
+                    theirs_entries
+                        .get(&(r.owner.clone(), r.key.clone()))
+                        .is_none_or(|v| *v < (r.generation, r.version))
+                });
+                if !members.is_empty() || !entries.is_empty() {
+                    let body = Body::SyncDelta {
+                        reply: false,
+                        buckets,
+                        members,
+                        entries,
+                    };
+                    self.send_message(reply_to, body);
+                }
+            }
+        }
+    }
+
+    fn apply_records(
+        &mut self,
+        from: &NodeName,
+        members: Vec<MemberRecord>,
+        entries: Vec<StateRecord>,
+        now: Time,
+    ) {
+        for record in members {
+            self.apply_record(record, from, now);
+        }
+        for record in entries {
+            self.on_state(record, now);
+        }
+    }
+}
+
+fn state_record(owner: &NodeName, key: &str, e: &Entry) -> StateRecord {
+    StateRecord {
+        owner: owner.clone(),
+        key: key.to_owned(),
+        generation: e.generation,
+        version: e.version,
+        value: e.value.clone(),
+    }
+}
+
+/// Lifeguard's suspicion timeout after `c` of `k` expected confirmations: from `max` down to
+/// `min`, logarithmically, so the first confirmations shorten it the most.
+fn suspicion_timeout(min: Duration, max: Duration, k: u32, c: u32) -> Duration {
+    if k == 0 || c >= k {
+        return min;
+    }
+    let frac = f64::from(c + 1).ln() / f64::from(k + 1).ln();
+    let span = micros(max.saturating_sub(min)) as f64;
+    let timeout = micros(max) as f64 - frac * span;
+    Duration::from_micros(timeout.max(micros(min) as f64) as u64)
+}
+
+/// The summary hash: the sum of all bucket hashes.
+fn summary(digest: &[u64]) -> u64 {
+    digest.iter().fold(0u64, |acc, h| acc.wrapping_add(*h))
+}
+
+/// FNV-1a over length-prefixed parts: stable across platforms and Rust versions, unlike std's
+/// hasher, which matters because digests are compared between nodes.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in (part.len() as u64).to_le_bytes().iter().chain(part.iter()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The splitmix64 finalizer: spreads FNV's weak low bits before hashes are summed.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Fisher-Yates with the core's seeded RNG.
+fn shuffle<T>(rng: &mut ChaCha8Rng, items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = rng.random_range(0..=i);
+        items.swap(i, j);
+    }
+}
+
+/// Up to `k` items chosen uniformly without replacement (a partial Fisher-Yates).
+fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
+    let k = k.min(items.len());
+    for i in 0..k {
+        let j = rng.random_range(i..items.len());
+        items.swap(i, j);
+    }
+    items.truncate(k);
+    items
+}
+
+#[cfg(test)]
+mod tests;
