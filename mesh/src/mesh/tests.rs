@@ -1,1 +1,1045 @@
-//! Unit tests of the core.
+//! Unit tests of the core, driven with explicit virtual time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::{MemStore, PROTOCOL_VERSION};
+
+fn name(i: usize) -> NodeName {
+    format!("n{i}").parse().unwrap()
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 7000))
+}
+
+/// One output as the test network saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sent {
+    at: Time,
+    from: usize,
+    output: Output,
+}
+
+/// A tiny in-memory network of cores with virtual time, 1 ms latency, directed link blocks and
+/// seeded loss. Streams are reliable (QUIC retransmits) unless the link is blocked.
+struct Net {
+    config: Config,
+    nodes: Vec<Option<Mesh<MemStore>>>,
+    stores: Vec<Option<MemStore>>,
+    now: Time,
+    inflight: BTreeMap<(Time, u64), (usize, usize, Output)>,
+    seq: u64,
+    blocked: BTreeSet<(usize, usize)>,
+    loss: f64,
+    rng: ChaCha8Rng,
+    log: Vec<Sent>,
+    events: Vec<(Time, usize, Event)>,
+}
+
+impl Net {
+    fn new(n: usize, config: Config) -> Net {
+        let mut net = Net {
+            config,
+            nodes: Vec::new(),
+            stores: Vec::new(),
+            now: Time::ZERO,
+            inflight: BTreeMap::new(),
+            seq: 0,
+            blocked: BTreeSet::new(),
+            loss: 0.0,
+            rng: ChaCha8Rng::seed_from_u64(99),
+            log: Vec::new(),
+            events: Vec::new(),
+        };
+        for i in 0..n {
+            net.nodes.push(None);
+            net.stores.push(Some(MemStore::new()));
+            net.start(i);
+        }
+        net
+    }
+
+    /// A cluster where every node joined through node 0 and the roster is complete.
+    fn joined(n: usize, config: Config) -> Net {
+        let mut net = Net::new(n, config);
+        for i in 1..n {
+            net.command(
+                i,
+                Command::Join {
+                    seeds: vec![addr(0)],
+                },
+            );
+        }
+        net.run_for(Duration::from_secs(10));
+        for i in 0..n {
+            let live = net
+                .mesh(i)
+                .members()
+                .iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .count();
+            assert_eq!(live, n, "node {i} has no full roster");
+        }
+        net
+    }
+
+    fn start(&mut self, i: usize) {
+        let store = self.stores[i].take().expect("node is not running");
+        let mesh = Mesh::new(
+            self.config.clone(),
+            name(i),
+            addr(i),
+            store,
+            i as u64,
+            self.now,
+        )
+        .unwrap();
+        self.nodes[i] = Some(mesh);
+        self.drain(i);
+    }
+
+    fn crash(&mut self, i: usize) {
+        let mesh = self.nodes[i].take().expect("node is running");
+        self.stores[i] = Some(mesh.into_store());
+    }
+
+    fn mesh(&self, i: usize) -> &Mesh<MemStore> {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn command(&mut self, i: usize, command: Command) {
+        let now = self.now;
+        self.nodes[i]
+            .as_mut()
+            .unwrap()
+            .handle(Input::Command(command), now)
+            .unwrap();
+        self.drain(i);
+    }
+
+    fn index_of(&self, target: &Target) -> Option<usize> {
+        (0..self.nodes.len()).find(|&j| addr(j) == target.addr)
+    }
+
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(output) = self.nodes[i].as_mut().and_then(|m| m.poll_output()) {
+            self.log.push(Sent {
+                at: now,
+                from: i,
+                output: output.clone(),
+            });
+            let to = match &output {
+                Output::Event(event) => {
+                    self.events.push((now, i, event.clone()));
+                    continue;
+                }
+                Output::Datagram { to, .. } | Output::Message { to, .. } => to.clone(),
+            };
+            let Some(j) = self.index_of(&to) else {
+                continue;
+            };
+            if self.blocked.contains(&(i, j)) {
+                continue;
+            }
+            if matches!(output, Output::Datagram { .. }) && self.rng.random_bool(self.loss) {
+                continue;
+            }
+            self.seq += 1;
+            self.inflight
+                .insert((now + Duration::from_millis(1), self.seq), (i, j, output));
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    fn run_until(&mut self, end: Time) {
+        loop {
+            let next_timer = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter_map(|m| m.poll_timeout())
+                .min();
+            let next_packet = self.inflight.first_key_value().map(|((t, _), _)| *t);
+            let next = match (next_timer, next_packet) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(end),
+            };
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = next;
+            while let Some(entry) = self.inflight.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let (from, to, output) = entry.remove();
+                let now = self.now;
+                let Some(mesh) = self.nodes[to].as_mut() else {
+                    continue;
+                };
+                let input = match output {
+                    Output::Datagram { bytes, .. } => Input::Datagram {
+                        from: name(from),
+                        bytes,
+                    },
+                    Output::Message { bytes, .. } => Input::Message {
+                        from: name(from),
+                        bytes,
+                    },
+                    Output::Event(_) => continue,
+                };
+                mesh.handle(input, now).unwrap();
+                self.drain(to);
+            }
+            for i in 0..self.nodes.len() {
+                let now = self.now;
+                if let Some(mesh) = self.nodes[i].as_mut()
+                    && mesh.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    mesh.handle_timeout(now);
+                    self.drain(i);
+                }
+            }
+        }
+    }
+
+    /// Runs until `done` holds, checking every 100 ms, for at most `limit`; returns the time.
+    fn run_until_true(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Net) -> bool,
+    ) -> Option<Time> {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return Some(self.now);
+            }
+            self.run_for(Duration::from_millis(100));
+        }
+        done(self).then_some(self.now)
+    }
+
+    fn state(&self, i: usize, of: usize) -> Option<MemberState> {
+        self.mesh(i).member(&name(of)).map(|m| m.state)
+    }
+
+    fn partition(&mut self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                self.blocked.insert((x, y));
+                self.blocked.insert((y, x));
+            }
+        }
+    }
+
+    fn events_about(&self, node: usize) -> Vec<(Time, usize, Event)> {
+        let who = name(node);
+        self.events
+            .iter()
+            .filter(|(_, _, e)| match e {
+                Event::MemberAlive { node, .. }
+                | Event::MemberSuspect { node, .. }
+                | Event::MemberDead { node, .. }
+                | Event::MemberLeft { node, .. } => *node == who,
+                Event::StateChanged { .. } => false,
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+fn is_dead(e: &Event) -> bool {
+    matches!(e, Event::MemberDead { .. })
+}
+
+/// A lone core, for tests that feed it hand-made frames.
+fn lone(config: Config) -> Mesh<MemStore> {
+    Mesh::new(config, name(0), addr(0), MemStore::new(), 7, Time::ZERO).unwrap()
+}
+
+fn gossip(updates: Vec<Update>) -> Vec<u8> {
+    codec::encode_datagram(&Datagram {
+        probe: Probe::Gossip,
+        updates,
+    })
+}
+
+fn alive(i: usize, incarnation: u64) -> Update {
+    Update::Alive {
+        name: name(i),
+        addr: addr(i),
+        incarnation,
+    }
+}
+
+fn drain_all(mesh: &mut Mesh<MemStore>) -> Vec<Output> {
+    std::iter::from_fn(|| mesh.poll_output()).collect()
+}
+
+fn feed(mesh: &mut Mesh<MemStore>, from: usize, bytes: Vec<u8>, now: Time) {
+    mesh.handle(
+        Input::Datagram {
+            from: name(from),
+            bytes,
+        },
+        now,
+    )
+    .unwrap();
+}
+
+#[test]
+fn crashed_member_goes_suspect_then_dead_within_the_formula_bound() {
+    // SWIM plus Lifeguard must notice a crash and tell everyone within
+    // probe_interval * (suspicion_mult * log10 N + 3).
+    let n = 10;
+    let config = Config::lan();
+    let mut net = Net::joined(n, config.clone());
+    let crashed = 4;
+    let t0 = net.now;
+    net.crash(crashed);
+    let bound = config
+        .probe_interval
+        .mul_f64(f64::from(config.suspicion_mult) * (n as f64).log10() + 3.0);
+    let others: Vec<usize> = (0..n).filter(|&i| i != crashed).collect();
+    let all_dead = net.run_until_true(bound * 2, |net| {
+        others
+            .iter()
+            .all(|&i| net.state(i, crashed) == Some(MemberState::Dead))
+    });
+    let all_dead = all_dead.expect("crash never detected by everyone");
+    assert!(
+        all_dead.saturating_since(t0) <= bound,
+        "took {:?}, bound {bound:?}",
+        all_dead.saturating_since(t0)
+    );
+    let events = net.events_about(crashed);
+    let first_suspect = events
+        .iter()
+        .find(|(_, _, e)| matches!(e, Event::MemberSuspect { .. }));
+    let first_dead = events.iter().find(|(_, _, e)| is_dead(e));
+    assert!(
+        first_suspect.unwrap().0 < first_dead.unwrap().0,
+        "suspect comes before dead"
+    );
+}
+
+#[test]
+fn suspected_live_member_refutes_and_stays_alive() {
+    // A member that was unreachable for a moment refutes the suspicion with a higher
+    // incarnation and is never declared dead.
+    let n = 3;
+    let mut net = Net::joined(n, Config::lan());
+    let victim = 2;
+    let before = net.mesh(victim).incarnation();
+    net.partition(&[victim], &[0, 1]);
+    let suspected = net.run_until_true(Duration::from_secs(10), |net| {
+        (0..2).any(|i| net.state(i, victim) == Some(MemberState::Suspect))
+    });
+    assert!(
+        suspected.is_some(),
+        "the unreachable member was never suspected"
+    );
+    net.blocked.clear();
+    let healed = net.run_until_true(Duration::from_secs(30), |net| {
+        (0..2).all(|i| {
+            let m = net.mesh(i).member(&name(victim)).unwrap();
+            m.state == MemberState::Alive && m.incarnation > before
+        })
+    });
+    assert!(healed.is_some(), "the suspected member did not refute");
+    assert!(net.mesh(victim).incarnation() > before);
+    assert!(!net.events_about(victim).iter().any(|(_, _, e)| is_dead(e)));
+}
+
+#[test]
+fn restarted_member_comes_back_with_a_higher_incarnation_and_is_alive() {
+    // A crash and restart over the same store yields the same name with a higher incarnation,
+    // which beats the tombstone every other node holds.
+    let n = 3;
+    let mut net = Net::joined(n, Config::lan());
+    let node = 1;
+    let before = net.mesh(node).incarnation();
+    net.crash(node);
+    let dead = net.run_until_true(Duration::from_secs(60), |net| {
+        net.state(0, node) == Some(MemberState::Dead)
+            && net.state(2, node) == Some(MemberState::Dead)
+    });
+    assert!(dead.is_some());
+    net.start(node);
+    let after = net.mesh(node).incarnation();
+    assert!(after > before, "incarnation {after} is not above {before}");
+    net.command(
+        node,
+        Command::Join {
+            seeds: vec![addr(0)],
+        },
+    );
+    let back = net.run_until_true(Duration::from_secs(10), |net| {
+        [0, 2].iter().all(|&i| {
+            let m = net.mesh(i).member(&name(node)).unwrap();
+            m.state == MemberState::Alive && m.incarnation >= after
+        })
+    });
+    assert!(back.is_some(), "the restarted member is not alive again");
+}
+
+#[test]
+fn restarted_member_rejoins_from_stored_members_without_seeds() {
+    // The last known members are persisted, so a restart needs no seed to find the mesh.
+    let n = 3;
+    let mut config = Config::lan();
+    config.persist_interval = Duration::from_secs(1);
+    let mut net = Net::joined(n, config);
+    net.run_for(Duration::from_secs(2));
+    let node = 2;
+    net.crash(node);
+    net.run_for(Duration::from_secs(1));
+    net.start(node);
+    let back = net.run_until_true(Duration::from_secs(10), |net| {
+        net.mesh(node)
+            .members()
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .count()
+            == n
+            && net.state(0, node) == Some(MemberState::Alive)
+    });
+    assert!(back.is_some(), "no rejoin without seeds");
+}
+
+#[test]
+fn left_is_not_dead() {
+    // A graceful leave is reported as left everywhere and never turns into a death.
+    let n = 4;
+    let mut net = Net::joined(n, Config::lan());
+    let leaver = 3;
+    net.command(leaver, Command::Leave);
+    assert!(net.mesh(leaver).has_left());
+    let left = net.run_until_true(Duration::from_secs(5), |net| {
+        (0..3).all(|i| net.state(i, leaver) == Some(MemberState::Left))
+    });
+    assert!(left.is_some(), "the leave did not spread");
+    net.crash(leaver);
+    net.run_for(Duration::from_secs(60));
+    assert!((0..3).all(|i| net.state(i, leaver) == Some(MemberState::Left)));
+    assert!(!net.events_about(leaver).iter().any(|(_, _, e)| is_dead(e)));
+    assert!(matches!(
+        net.nodes[0]
+            .as_mut()
+            .unwrap()
+            .handle(Input::Command(Command::Leave), Time::ZERO),
+        Ok(())
+    ));
+}
+
+/// Times at which `node` sent a Ping of its own (not a relayed one) to anyone.
+fn ping_times(net: &Net, node: usize) -> Vec<Time> {
+    net.log
+        .iter()
+        .filter(|s| s.from == node)
+        .filter_map(|s| match &s.output {
+            Output::Datagram { bytes, .. } => codec::decode_datagram(bytes, 1 << 16)
+                .ok()
+                .map(|d| (s.at, d)),
+            _ => None,
+        })
+        .filter(|(_, d)| matches!(d.probe, Probe::Ping { .. }))
+        .map(|(at, _)| at)
+        .collect()
+}
+
+#[test]
+fn awareness_rises_when_nacks_are_missing_and_stretches_the_probe_interval() {
+    // A node that hears nothing back (its inbound path is broken) blames itself, and probes
+    // more slowly instead of accusing healthy members.
+    let n = 5;
+    let config = Config::lan();
+    let mut net = Net::joined(n, config.clone());
+    let sick = 0;
+    assert_eq!(net.mesh(sick).local_health(), 0);
+    for i in 1..n {
+        net.blocked.insert((i, sick));
+    }
+    let start = net.now;
+    net.run_for(Duration::from_secs(20));
+    let health = net.mesh(sick).local_health();
+    assert!(health >= 3, "awareness {health} did not rise");
+    let pings: Vec<Time> = ping_times(&net, sick)
+        .into_iter()
+        .filter(|t| *t > start)
+        .collect();
+    let gaps: Vec<Duration> = pings
+        .windows(2)
+        .map(|w| w[1].saturating_since(w[0]))
+        .collect();
+    assert!(
+        gaps.last().is_some_and(|g| *g >= config.probe_interval * 3),
+        "probe interval was not stretched: {gaps:?}"
+    );
+}
+
+#[test]
+fn nacks_from_healthy_intermediaries_keep_awareness_low() {
+    // When a target is really gone, intermediaries answer Nack, so the prober does not blame
+    // itself: Lifeguard only stretches the timers of the slow node.
+    let n = 5;
+    let mut net = Net::joined(n, Config::lan());
+    net.crash(4);
+    net.run_for(Duration::from_secs(20));
+    for i in 0..4 {
+        assert_eq!(net.mesh(i).local_health(), 0, "node {i}");
+    }
+}
+
+#[test]
+fn suspicion_timeout_shrinks_with_confirmations() {
+    // Lifeguard: the first confirmations shorten the timeout the most, k of them reach the
+    // minimum, and more never go below it.
+    let min = Duration::from_secs(4);
+    let max = Duration::from_secs(24);
+    let timeouts: Vec<Duration> = (0..5).map(|c| suspicion_timeout(min, max, 3, c)).collect();
+    assert_eq!(timeouts[0], max);
+    assert!(timeouts.windows(2).all(|w| w[1] <= w[0]), "{timeouts:?}");
+    assert!(timeouts[0] - timeouts[1] > timeouts[1] - timeouts[2]);
+    assert_eq!(timeouts[3], min);
+    assert_eq!(timeouts[4], min);
+    assert_eq!(suspicion_timeout(min, max, 0, 0), min);
+}
+
+/// When a lone core with `n` known members declares n1 dead after hearing `confirmations`
+/// independent suspicions at time 0.
+fn time_to_dead(n: usize, confirmations: usize) -> Time {
+    let mut mesh = lone(Config::lan());
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..n).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    let t0 = Time::from_secs(1);
+    for source in 2..2 + confirmations + 1 {
+        let suspect = Update::Suspect {
+            name: name(1),
+            incarnation: 1,
+            source: name(source),
+        };
+        feed(&mut mesh, source, gossip(vec![suspect]), t0);
+    }
+    drain_all(&mut mesh);
+    // Keep n1's silence from mattering: only the suspicion timer can kill it, and nothing
+    // here answers probes, so step through timers until the death event.
+    while let Some(at) = mesh.poll_timeout() {
+        let now = at;
+        mesh.handle_timeout(now);
+        let dead = drain_all(&mut mesh)
+            .into_iter()
+            .any(|o| matches!(o, Output::Event(Event::MemberDead { node, .. }) if node == name(1)));
+        if dead {
+            return now;
+        }
+        assert!(now < Time::from_secs(600), "never declared dead");
+    }
+    unreachable!("timers never run out")
+}
+
+#[test]
+fn confirmations_bring_the_declaration_of_death_forward() {
+    // In a core with 10 members, a lone suspicion waits suspicion_max_mult times the minimum,
+    // three confirmations only the minimum (4 s * log10 10).
+    let alone = time_to_dead(10, 0).saturating_since(Time::from_secs(1));
+    let confirmed = time_to_dead(10, 3).saturating_since(Time::from_secs(1));
+    assert_eq!(confirmed, Duration::from_secs(4));
+    assert_eq!(alone, Duration::from_secs(24));
+}
+
+#[test]
+fn state_write_during_partition_reaches_the_other_side_after_heal() {
+    // Anti-entropy and re-contact of seeds and dead members repair both membership and state
+    // once a partition heals.
+    let n = 4;
+    let mut net = Net::joined(n, Config::lan());
+    net.partition(&[0, 1], &[2, 3]);
+    net.run_for(Duration::from_secs(5));
+    net.command(
+        0,
+        Command::PutState {
+            key: "pod/a".into(),
+            value: b"running".to_vec(),
+        },
+    );
+    net.command(
+        3,
+        Command::PutState {
+            key: "pod/b".into(),
+            value: b"idle".to_vec(),
+        },
+    );
+    net.run_for(Duration::from_secs(60));
+    assert_eq!(
+        net.state(3, 0),
+        Some(MemberState::Dead),
+        "the partition was not noticed"
+    );
+    assert_eq!(net.mesh(3).state_of(&name(0)).count(), 0);
+    net.blocked.clear();
+    let healed = net.run_until_true(Duration::from_secs(120), |net| {
+        (0..n).all(|i| {
+            let m = net.mesh(i);
+            m.members().iter().all(|m| m.state == MemberState::Alive)
+                && m.state_of(&name(0)).eq([("pod/a", &b"running"[..])])
+                && m.state_of(&name(3)).eq([("pod/b", &b"idle"[..])])
+        })
+    });
+    assert!(healed.is_some(), "the partition never healed");
+}
+
+#[test]
+fn state_spreads_by_gossip_and_deletion_leaves_a_tombstone() {
+    // A write reaches every node fast through piggybacking, and a delete replaces it with a
+    // tombstone rather than just vanishing.
+    let n = 5;
+    let mut net = Net::joined(n, Config::lan());
+    net.command(
+        2,
+        Command::PutState {
+            key: "pod/x".into(),
+            value: vec![1, 2, 3],
+        },
+    );
+    let spread = net.run_until_true(Duration::from_secs(3), |net| {
+        (0..n).all(|i| net.mesh(i).state_of(&name(2)).count() == 1)
+    });
+    assert!(spread.is_some());
+    net.command(
+        2,
+        Command::DeleteState {
+            key: "pod/x".into(),
+        },
+    );
+    let deleted = net.run_until_true(Duration::from_secs(3), |net| {
+        (0..n).all(|i| {
+            net.mesh(i)
+                .entries()
+                .any(|e| *e.owner == name(2) && e.key == "pod/x" && e.value.is_none())
+        })
+    });
+    assert!(deleted.is_some());
+}
+
+#[test]
+fn a_tombstone_is_collected_after_its_ttl() {
+    // Deleted entries and dead members are kept for tombstone_ttl, then forgotten.
+    let mut config = Config::lan();
+    config.tombstone_ttl = Duration::from_secs(60);
+    let n = 4;
+    let mut net = Net::joined(n, config);
+    net.command(
+        1,
+        Command::PutState {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        },
+    );
+    net.run_for(Duration::from_secs(3));
+    net.command(1, Command::DeleteState { key: "k".into() });
+    net.crash(3);
+    net.run_for(Duration::from_secs(30));
+    let has_tombstone = |net: &Net, i: usize| net.mesh(i).entries().any(|e| e.key == "k");
+    assert!((0..3).all(|i| has_tombstone(&net, i)));
+    assert!((0..3).all(|i| net.state(i, 3) == Some(MemberState::Dead)));
+    net.run_for(Duration::from_secs(60));
+    assert!(
+        (0..3).all(|i| !has_tombstone(&net, i)),
+        "state tombstone not collected"
+    );
+    assert!(
+        (0..3).all(|i| net.state(i, 3).is_none()),
+        "member tombstone not collected"
+    );
+    assert!(net.mesh(0).counters().tombstones_collected >= 2);
+}
+
+fn scripted_run(seed_offset: u64) -> Vec<Sent> {
+    let mut net = Net::new(5, Config::lan());
+    net.loss = 0.05;
+    net.rng = ChaCha8Rng::seed_from_u64(99 + seed_offset);
+    for i in 1..5 {
+        net.command(
+            i,
+            Command::Join {
+                seeds: vec![addr(0)],
+            },
+        );
+    }
+    net.run_for(Duration::from_secs(5));
+    net.command(
+        3,
+        Command::PutState {
+            key: "pod/a".into(),
+            value: b"1".to_vec(),
+        },
+    );
+    net.crash(2);
+    net.run_for(Duration::from_secs(30));
+    net.log
+}
+
+#[test]
+fn same_seed_and_inputs_give_byte_identical_outputs() {
+    // Determinism: replaying the same inputs with the same seeds reproduces every byte.
+    let a = scripted_run(0);
+    let b = scripted_run(0);
+    assert!(a.len() > 100);
+    assert_eq!(a, b);
+    assert_ne!(
+        a,
+        scripted_run(1),
+        "a different network seed should change something"
+    );
+}
+
+#[test]
+fn anti_entropy_steady_state_is_one_summary_per_interval_whatever_the_size() {
+    // Once states agree, every stream message is a small summary: the cost does not grow with N.
+    for n in [4, 16] {
+        let mut net = Net::joined(n, Config::lan());
+        net.run_for(Duration::from_secs(30));
+        let from = net.log.len();
+        net.run_for(Duration::from_secs(60));
+        let messages: Vec<Message> = net.log[from..]
+            .iter()
+            .filter_map(|s| match &s.output {
+                Output::Message { bytes, .. } => {
+                    Some(codec::decode_message(bytes, 1 << 20).unwrap())
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!messages.is_empty());
+        assert!(
+            messages
+                .iter()
+                .all(|m| matches!(m.body, Body::SyncSummary { .. })),
+            "n={n}: {:?}",
+            messages
+                .iter()
+                .find(|m| !matches!(m.body, Body::SyncSummary { .. }))
+        );
+        let per_node = messages.len() as f64 / n as f64;
+        assert!(
+            per_node <= 60.0 / 10.0 + 2.0 * 2.0 + 1.0,
+            "n={n}: {per_node} messages per node"
+        );
+    }
+}
+
+#[test]
+fn bad_frames_are_counted_and_dropped() {
+    // Garbage from the network changes nothing but a counter.
+    let mut mesh = lone(Config::lan());
+    drain_all(&mut mesh);
+    feed(&mut mesh, 1, vec![0xff, 1, 2, 3], Time::ZERO);
+    mesh.handle(
+        Input::Message {
+            from: name(1),
+            bytes: vec![PROTOCOL_VERSION, 200],
+        },
+        Time::ZERO,
+    )
+    .unwrap();
+    let oversized = vec![PROTOCOL_VERSION; mesh.config().datagram_size_max + 1];
+    feed(&mut mesh, 1, oversized, Time::ZERO);
+    assert_eq!(mesh.counters().bad_frames, 3);
+    assert!(drain_all(&mut mesh).is_empty());
+    assert_eq!(mesh.members().len(), 1);
+}
+
+#[test]
+fn a_wake_up_with_nothing_due_does_nothing() {
+    // Early or spurious timer wake-ups are harmless.
+    let mut mesh = lone(Config::lan());
+    mesh.handle_timeout(Time::ZERO);
+    drain_all(&mut mesh);
+    let next = mesh.poll_timeout().unwrap();
+    mesh.handle_timeout(next - Duration::from_micros(1));
+    assert!(drain_all(&mut mesh).is_empty());
+    assert_eq!(mesh.poll_timeout(), Some(next));
+}
+
+#[test]
+fn a_failed_incarnation_write_refuses_to_start() {
+    // Running with an incarnation that may not be durable could make a restart a ghost.
+    let mut store = MemStore::new();
+    store.fail_next_writes(1);
+    let result = Mesh::new(Config::lan(), name(0), addr(0), store, 1, Time::ZERO);
+    assert!(matches!(result, Err(Error::Store(_))));
+}
+
+#[test]
+fn members_max_bounds_the_member_table() {
+    // News of more members than members_max is dropped and counted.
+    let config = Config {
+        members_max: 3,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..=5).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    assert_eq!(mesh.members().len(), 4);
+    assert_eq!(mesh.counters().members_dropped, 2);
+}
+
+#[test]
+fn broadcast_queue_max_evicts_the_most_sent_update() {
+    // The piggyback queue never exceeds its bound.
+    let config = Config {
+        broadcast_queue_max: 4,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..=10).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    assert_eq!(mesh.broadcast_queue_len(), 4);
+    assert_eq!(mesh.counters().broadcasts_evicted, 6);
+}
+
+#[test]
+fn indirect_pending_max_bounds_relayed_probes() {
+    // A flood of PingReqs cannot make this node run unbounded indirect probes.
+    let config = Config {
+        indirect_pending_max: 2,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    for seq in 0..3 {
+        let probe = Probe::PingReq {
+            seq,
+            addr: addr(1),
+            target: name(2),
+            target_addr: addr(2),
+        };
+        let bytes = codec::encode_datagram(&Datagram {
+            probe,
+            updates: Vec::new(),
+        });
+        feed(&mut mesh, 1, bytes, Time::ZERO);
+    }
+    assert_eq!(mesh.counters().ping_reqs_dropped, 1);
+    // The two accepted ones end in a Nack each when the target stays silent.
+    drain_all(&mut mesh);
+    mesh.handle_timeout(Time::from_secs(1));
+    let nacks = drain_all(&mut mesh)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Datagram { bytes, .. } => codec::decode_datagram(&bytes, 1200).ok(),
+            _ => None,
+        })
+        .filter(|d| matches!(d.probe, Probe::Nack { .. }))
+        .count();
+    assert_eq!(nacks, 2);
+}
+
+#[test]
+fn output_queue_max_drops_and_counts_when_the_driver_does_not_drain() {
+    // A driver that never drains cannot make the core grow without bound.
+    let config = Config {
+        output_queue_max: 4,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..=10).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    assert!(mesh.counters().outputs_dropped >= 6);
+    assert_eq!(drain_all(&mut mesh).len(), 4);
+}
+
+#[test]
+fn seeds_max_bounds_the_remembered_seeds() {
+    // Only seeds_max seeds are remembered for re-contact.
+    let config = Config {
+        seeds_max: 2,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    let seeds = (1..=5).map(addr).collect();
+    mesh.handle(Input::Command(Command::Join { seeds }), Time::ZERO)
+        .unwrap();
+    assert_eq!(mesh.counters().seeds_dropped, 3);
+}
+
+#[test]
+fn local_state_bounds_are_enforced() {
+    // Keys, values and the number of keys all have bounds the owner cannot exceed.
+    let config = Config {
+        state_keys_max: 2,
+        state_key_size_max: 8,
+        state_value_size_max: 16,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    let mut put = |key: &str, len: usize| {
+        let command = Command::PutState {
+            key: key.to_owned(),
+            value: vec![0; len],
+        };
+        mesh.handle(Input::Command(command), Time::ZERO)
+    };
+    assert!(put("a", 16).is_ok());
+    assert!(matches!(
+        put("b", 17),
+        Err(Error::StateValue { len: 17, max: 16 })
+    ));
+    assert!(matches!(put("", 1), Err(Error::StateKey { .. })));
+    assert!(matches!(
+        put("123456789", 1),
+        Err(Error::StateKey { len: 9, max: 8 })
+    ));
+    assert!(put("b", 1).is_ok());
+    assert!(matches!(put("c", 1), Err(Error::StateFull { max: 2 })));
+    assert!(
+        put("a", 2).is_ok(),
+        "overwriting an existing key is fine when full"
+    );
+}
+
+#[test]
+fn state_keys_max_bounds_what_is_accepted_from_others() {
+    // A remote owner cannot push more than state_keys_max entries into this node.
+    let config = Config {
+        state_keys_max: 2,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    let mut updates = vec![alive(1, 1)];
+    for v in 1..=4 {
+        updates.push(Update::State(StateRecord {
+            owner: name(1),
+            key: format!("k{v}"),
+            generation: 1,
+            version: v,
+            value: Some(vec![1]),
+        }));
+    }
+    feed(&mut mesh, 1, gossip(updates), Time::ZERO);
+    assert_eq!(mesh.state_of(&name(1)).count(), 2);
+    assert_eq!(mesh.counters().state_dropped, 2);
+}
+
+#[test]
+fn datagrams_never_exceed_datagram_size_max() {
+    // Piggybacking fills datagrams up to the budget and spreads the rest over later ones.
+    let mut mesh = lone(Config::lan());
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..=30).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    for i in 0..40 {
+        let command = Command::PutState {
+            key: format!("pod/{i}"),
+            value: vec![7; 100],
+        };
+        mesh.handle(Input::Command(command), Time::ZERO).unwrap();
+    }
+    drain_all(&mut mesh);
+    let mut sizes = Vec::new();
+    let mut now = Time::ZERO;
+    for _ in 0..20 {
+        now = now + Duration::from_millis(200);
+        mesh.handle_timeout(now);
+        for output in drain_all(&mut mesh) {
+            if let Output::Datagram { bytes, .. } = output {
+                assert!(codec::decode_datagram(&bytes, 1200).is_ok());
+                sizes.push(bytes.len());
+            }
+        }
+    }
+    let max = mesh.config().datagram_size_max;
+    assert!(sizes.iter().all(|s| *s <= max), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|s| *s > max - 150),
+        "datagrams are not filled: {sizes:?}"
+    );
+}
+
+#[test]
+fn message_size_max_truncates_a_push_pull() {
+    // A join push/pull larger than message_size_max is cut to fit; anti-entropy does the rest.
+    let config = Config {
+        message_size_max: 2048,
+        state_value_size_max: 1024,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    for chunk in (1..=200).collect::<Vec<usize>>().chunks(40) {
+        let updates = chunk.iter().map(|&i| alive(i, 1)).collect();
+        feed(&mut mesh, 1, gossip(updates), Time::ZERO);
+    }
+    assert_eq!(mesh.members().len(), 201);
+    drain_all(&mut mesh);
+    mesh.handle(
+        Input::Command(Command::Join {
+            seeds: vec![addr(999)],
+        }),
+        Time::ZERO,
+    )
+    .unwrap();
+    let sizes: Vec<usize> = drain_all(&mut mesh)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Message { bytes, .. } => Some(bytes.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes.len(), 1);
+    assert!(sizes[0] <= 2048);
+    assert_eq!(mesh.counters().messages_truncated, 1);
+}
+
+#[test]
+fn a_stale_entry_of_a_previous_life_is_buried_by_its_owner() {
+    // After a restart, keys the new life did not write again are deleted by the owner itself.
+    let mut mesh = lone(Config::lan());
+    let stale = StateRecord {
+        owner: name(0),
+        key: "pod/old".into(),
+        generation: 0,
+        version: 9,
+        value: Some(b"x".to_vec()),
+    };
+    feed(
+        &mut mesh,
+        1,
+        gossip(vec![alive(1, 1), Update::State(stale)]),
+        Time::ZERO,
+    );
+    let entry = mesh
+        .entries()
+        .find(|e| e.key == "pod/old")
+        .map(|e| (e.generation, e.value.is_none()));
+    assert_eq!(entry, Some((mesh.incarnation(), true)));
+}
