@@ -439,6 +439,25 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_encodes_exactly_as_docs_wire_md_shows() {
+        // The worked example of the wire documentation stays true.
+        let probe = Probe::Ping {
+            seq: 1,
+            addr: SocketAddr::from(([10, 0, 0, 1], 7000)),
+        };
+        let bytes = encode_datagram(&Datagram {
+            probe,
+            updates: Vec::new(),
+        });
+        assert_eq!(
+            bytes,
+            [
+                0x01, 0x01, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x01, 0xfb, 0x58, 0x1b, 0x00
+            ]
+        );
+    }
+
+    #[test]
     fn a_frame_over_the_limit_is_refused_before_decoding() {
         // The limit bounds the work done for an oversized frame.
         let datagram = Datagram {

@@ -707,6 +707,10 @@ impl<S: Store> Mesh<S> {
     fn on_command(&mut self, command: Command, now: Time) -> Result<(), Error> {
         match command {
             Command::Join { seeds } => {
+                if self.left {
+                    // Left is final for this life; rejoining takes a restart (a new incarnation).
+                    return Err(Error::Left);
+                }
                 for seed in &seeds {
                     if self.seeds.contains(seed) {
                         continue;

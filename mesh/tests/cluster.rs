@@ -1,0 +1,264 @@
+//! A small multi-node harness: N cores exchanging frames in memory under virtual time, with
+//! seeded latency and loss. Not the simulator; just enough to check whole-mesh behaviour.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use podmesh_mesh::{
+    Command, Config, Event, Input, MemStore, MemberState, Mesh, NodeName, Output, Time,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn name(i: usize) -> NodeName {
+    format!("node-{i}").parse().unwrap()
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 7000))
+}
+
+struct Cluster {
+    nodes: Vec<Option<Mesh<MemStore>>>,
+    by_addr: BTreeMap<SocketAddr, usize>,
+    now: Time,
+    /// Frames in flight, by delivery time then send order: (from, to, is_datagram, bytes).
+    inflight: BTreeMap<(Time, u64), (usize, usize, bool, Vec<u8>)>,
+    seq: u64,
+    /// Probability that a datagram is lost; streams are reliable, as QUIC makes them.
+    loss: f64,
+    rng: ChaCha8Rng,
+    deaths: Vec<(Time, usize, NodeName)>,
+}
+
+impl Cluster {
+    fn new(n: usize, config: &Config, seed: u64) -> Cluster {
+        let nodes = (0..n)
+            .map(|i| {
+                let mesh = Mesh::new(
+                    config.clone(),
+                    name(i),
+                    addr(i),
+                    MemStore::new(),
+                    seed ^ (i as u64) << 20,
+                    Time::ZERO,
+                );
+                Some(mesh.unwrap())
+            })
+            .collect();
+        Cluster {
+            nodes,
+            by_addr: (0..n).map(|i| (addr(i), i)).collect(),
+            now: Time::ZERO,
+            inflight: BTreeMap::new(),
+            seq: 0,
+            loss: 0.0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            deaths: Vec::new(),
+        }
+    }
+
+    fn mesh_mut(&mut self, i: usize) -> &mut Mesh<MemStore> {
+        self.nodes[i].as_mut().expect("node is running")
+    }
+
+    fn command(&mut self, i: usize, command: Command) {
+        let now = self.now;
+        self.mesh_mut(i)
+            .handle(Input::Command(command), now)
+            .unwrap();
+        self.drain(i);
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(output) = self.nodes[i].as_mut().and_then(Mesh::poll_output) {
+            let (to, datagram, bytes) = match output {
+                Output::Datagram { to, bytes } => (to, true, bytes),
+                Output::Message { to, bytes } => (to, false, bytes),
+                Output::Event(Event::MemberDead { node, .. }) => {
+                    self.deaths.push((self.now, i, node));
+                    continue;
+                }
+                Output::Event(_) => continue,
+            };
+            let Some(&j) = self.by_addr.get(&to.addr) else {
+                continue;
+            };
+            if datagram && self.rng.random_bool(self.loss) {
+                continue;
+            }
+            let latency = Duration::from_micros(self.rng.random_range(500..5_000));
+            self.seq += 1;
+            self.inflight
+                .insert((self.now + latency, self.seq), (i, j, datagram, bytes));
+        }
+    }
+
+    fn run_until(&mut self, end: Time) {
+        loop {
+            let next_timer = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter_map(Mesh::poll_timeout)
+                .min();
+            let next_frame = self.inflight.first_key_value().map(|((t, _), _)| *t);
+            let next = match (next_timer, next_frame) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(end),
+            };
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = next;
+            while let Some(entry) = self.inflight.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let (from, to, datagram, bytes) = entry.remove();
+                let now = self.now;
+                let Some(mesh) = self.nodes[to].as_mut() else {
+                    continue;
+                };
+                let from = name(from);
+                let input = if datagram {
+                    Input::Datagram { from, bytes }
+                } else {
+                    Input::Message { from, bytes }
+                };
+                mesh.handle(input, now).unwrap();
+                self.drain(to);
+            }
+            for i in 0..self.nodes.len() {
+                let now = self.now;
+                if let Some(mesh) = self.nodes[i].as_mut()
+                    && mesh.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    mesh.handle_timeout(now);
+                    self.drain(i);
+                }
+            }
+        }
+    }
+
+    /// Runs in 100 ms steps until `done` holds or `limit` passes; returns when it held.
+    fn run_until_true(&mut self, limit: Duration, done: impl Fn(&Cluster) -> bool) -> Option<Time> {
+        let end = self.now + limit;
+        loop {
+            if done(self) {
+                return Some(self.now);
+            }
+            if self.now >= end {
+                return None;
+            }
+            self.run_until(self.now + Duration::from_millis(100));
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Mesh<MemStore>> {
+        self.nodes.iter().flatten()
+    }
+
+    fn full_roster(&self, n: usize) -> bool {
+        self.running().all(|m| {
+            m.members()
+                .iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .count()
+                == n
+        })
+    }
+
+    fn join_all_through_node_0(&mut self) {
+        for i in 1..self.nodes.len() {
+            self.command(
+                i,
+                Command::Join {
+                    seeds: vec![addr(0)],
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn fifty_nodes_joining_through_one_seed_reach_a_full_roster() {
+    // Every node of a simultaneous join through one seed ends up knowing all 50 members alive.
+    let n = 50;
+    let mut cluster = Cluster::new(n, &Config::lan(), 1);
+    cluster.join_all_through_node_0();
+    let done = cluster.run_until_true(Duration::from_secs(30), |c| c.full_roster(n));
+    assert!(done.is_some(), "no full roster after 30 s");
+    assert!(
+        cluster.deaths.is_empty(),
+        "healthy nodes declared dead: {:?}",
+        cluster.deaths
+    );
+}
+
+#[test]
+fn a_crashed_node_is_declared_dead_by_all() {
+    // Every survivor learns of the crash, and nobody else is declared dead along the way.
+    let n = 20;
+    let config = Config::lan();
+    let mut cluster = Cluster::new(n, &config, 2);
+    cluster.join_all_through_node_0();
+    assert!(
+        cluster
+            .run_until_true(Duration::from_secs(30), |c| c.full_roster(n))
+            .is_some()
+    );
+    let crashed = 7;
+    cluster.nodes[crashed] = None;
+    let gone = name(crashed);
+    let t0 = cluster.now;
+    let all_know = cluster.run_until_true(Duration::from_secs(60), |c| {
+        c.running().all(|m| {
+            m.member(&gone)
+                .is_some_and(|m| m.state == MemberState::Dead)
+        })
+    });
+    let all_know = all_know.expect("not every survivor declared the crashed node dead");
+    let bound = config
+        .probe_interval
+        .mul_f64(f64::from(config.suspicion_mult) * (n as f64).log10() + 3.0);
+    assert!(
+        all_know.saturating_since(t0) <= bound,
+        "took {:?}",
+        all_know.saturating_since(t0)
+    );
+    assert!(
+        cluster.deaths.iter().all(|(_, _, node)| *node == gone),
+        "{:?}",
+        cluster.deaths
+    );
+}
+
+#[test]
+fn ten_percent_loss_for_ten_minutes_declares_no_healthy_node_dead() {
+    // Lifeguard and refutation keep a lossy but healthy mesh free of false deaths.
+    let n = 20;
+    let mut cluster = Cluster::new(n, &Config::lan(), 3);
+    cluster.join_all_through_node_0();
+    assert!(
+        cluster
+            .run_until_true(Duration::from_secs(30), |c| c.full_roster(n))
+            .is_some()
+    );
+    cluster.loss = 0.10;
+    let end = cluster.now + Duration::from_secs(600);
+    cluster.run_until(end);
+    assert!(
+        cluster.deaths.is_empty(),
+        "healthy nodes declared dead: {:?}",
+        cluster.deaths
+    );
+    cluster.loss = 0.0;
+    assert!(
+        cluster
+            .run_until_true(Duration::from_secs(30), |c| c.full_roster(n))
+            .is_some()
+    );
+}
