@@ -19,12 +19,20 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 7000))
 }
 
+/// A frame in flight.
+struct Frame {
+    from: usize,
+    to: usize,
+    datagram: bool,
+    bytes: Vec<u8>,
+}
+
 struct Cluster {
     nodes: Vec<Option<Mesh<MemStore>>>,
     by_addr: BTreeMap<SocketAddr, usize>,
     now: Time,
-    /// Frames in flight, by delivery time then send order: (from, to, is_datagram, bytes).
-    inflight: BTreeMap<(Time, u64), (usize, usize, bool, Vec<u8>)>,
+    /// Frames in flight, by delivery time then send order.
+    inflight: BTreeMap<(Time, u64), Frame>,
     seq: u64,
     /// Probability that a datagram is lost; streams are reliable, as QUIC makes them.
     loss: f64,
@@ -90,8 +98,15 @@ impl Cluster {
             }
             let latency = Duration::from_micros(self.rng.random_range(500..5_000));
             self.seq += 1;
-            self.inflight
-                .insert((self.now + latency, self.seq), (i, j, datagram, bytes));
+            self.inflight.insert(
+                (self.now + latency, self.seq),
+                Frame {
+                    from: i,
+                    to: j,
+                    datagram,
+                    bytes,
+                },
+            );
         }
     }
 
@@ -117,7 +132,12 @@ impl Cluster {
                 if entry.key().0 > self.now {
                     break;
                 }
-                let (from, to, datagram, bytes) = entry.remove();
+                let Frame {
+                    from,
+                    to,
+                    datagram,
+                    bytes,
+                } = entry.remove();
                 let now = self.now;
                 let Some(mesh) = self.nodes[to].as_mut() else {
                     continue;
