@@ -1,1 +1,333 @@
-//! End-to-end tests with real `podmesh` node processes over real QUIC (see `tests/`).
+//! A harness for end-to-end tests: real `podmesh` processes on 127.0.0.1, each with its own
+//! certificates and data directory, driven through the real CLI.
+//!
+//! Nothing here may hang a test run: every wait has a deadline, and every child process is
+//! killed and reaped when its [`Cluster`] is dropped, even when the test panics.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// How long a node may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often waits poll.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The `podmesh` binary: `$PODMESH_BIN`, else next to this test binary's `deps/` directory,
+/// built once with cargo if missing.
+pub fn podmesh_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("PODMESH_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binaries live in <target>/<profile>/deps");
+        let bin = profile_dir.join("podmesh");
+        if !bin.exists() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "podmesh", "--bin", "podmesh"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the podmesh binary failed");
+        }
+        bin
+    })
+}
+
+/// Runs the CLI with `args` and returns its output.
+pub fn podmesh(args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(podmesh_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running podmesh")
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// One node process and its files.
+#[derive(Debug)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// Certificate directory.
+    pub certs_dir: PathBuf,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// The QUIC address it listens on.
+    pub addr: SocketAddr,
+    /// Its log file (stderr).
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Whether its process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The OS process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A set of nodes of one mesh, in a temporary directory.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    /// The mesh CA directory.
+    pub ca_dir: PathBuf,
+    nodes: BTreeMap<String, Node>,
+}
+
+impl Cluster {
+    /// Creates a mesh CA for `mesh` in a new temporary directory.
+    pub fn new(mesh: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca_dir = dir.path().join("ca");
+        let out = podmesh(&["certs", "init", "--mesh", mesh, "--ca-dir", path(&ca_dir)])?;
+        ensure_success(&out, "certs init")?;
+        Ok(Self {
+            dir,
+            ca_dir,
+            nodes: BTreeMap::new(),
+        })
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues certificates for `name` from this cluster's CA (or from `ca_dir` when given).
+    pub fn issue(&self, name: &str, ca_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+        let certs_dir = self.dir.path().join(name).join("certs");
+        let ca_dir = ca_dir.unwrap_or(&self.ca_dir);
+        let out = podmesh(&[
+            "certs",
+            "issue",
+            name,
+            "--ca-dir",
+            path(ca_dir),
+            "--out",
+            path(&certs_dir),
+        ])?;
+        ensure_success(&out, "certs issue")?;
+        Ok(certs_dir)
+    }
+
+    /// Starts node `name` on an ephemeral loopback port, joining `join`, and waits until it
+    /// listens.
+    pub fn start(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
+        let certs_dir = self.issue(name, None)?;
+        self.spawn(name, certs_dir, "127.0.0.1:0".parse()?, join)
+    }
+
+    /// Starts a node with certificates from `certs_dir` (possibly of another CA).
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        certs_dir: PathBuf,
+        listen: SocketAddr,
+        join: &[SocketAddr],
+    ) -> anyhow::Result<SocketAddr> {
+        let node_dir = self.dir.path().join(name);
+        let data_dir = node_dir.join("data");
+        std::fs::create_dir_all(&node_dir)?;
+        let log = unique(node_dir.join("node"));
+        let mut command = Command::new(podmesh_bin());
+        command
+            .args([
+                "node",
+                "run",
+                "--certs-dir",
+                path(&certs_dir),
+                "--data-dir",
+                path(&data_dir),
+            ])
+            .args(["--listen", &listen.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        for seed in join {
+            command.args(["--join", &seed.to_string()]);
+        }
+        let mut child = command.spawn().context("spawning podmesh node run")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        // The node prints one line when it listens; read it on a thread so the wait is bounded.
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = line_tx.send(line);
+            }
+            // Keep draining so the node never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match line_rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "node {name} did not start within {START_TIMEOUT:?}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let addr: SocketAddr = line
+            .split_whitespace()
+            .nth(5)
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("unexpected start line {line:?}"))?;
+        self.nodes.insert(
+            name.to_owned(),
+            Node {
+                name: name.to_owned(),
+                certs_dir,
+                data_dir,
+                addr,
+                log,
+                child: Some(child),
+            },
+        );
+        Ok(addr)
+    }
+
+    /// The node called `name`.
+    pub fn node(&mut self, name: &str) -> &mut Node {
+        self.nodes.get_mut(name).expect("a node of this cluster")
+    }
+
+    /// Kills `name` with SIGKILL and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.node(name).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts `name` on its old address and data directory, with the given seeds.
+    pub fn restart(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
+        self.kill(name);
+        let (certs_dir, addr) = {
+            let node = self.node(name);
+            (node.certs_dir.clone(), node.addr)
+        };
+        self.spawn(name, certs_dir, addr, join)
+    }
+
+    /// Waits for `name`'s process to exit by itself and returns whether it exited cleanly.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> Option<bool> {
+        let node = self.node(name);
+        let child = node.child.as_mut()?;
+        let status = wait_for(timeout, || child.try_wait().ok().flatten())?;
+        node.child = None;
+        Some(status.success())
+    }
+
+    /// Runs a client command against node `name` with `--data-dir` and `--json`.
+    pub fn cli_json(&mut self, name: &str, args: &[&str]) -> anyhow::Result<Value> {
+        let data_dir = self.node(name).data_dir.clone();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--data-dir", path(&data_dir), "--json"]);
+        let out = podmesh(&full)?;
+        ensure_success(&out, &args.join(" "))?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `name`'s view of the members: name -> (state, incarnation).
+    pub fn members(&mut self, name: &str) -> anyhow::Result<BTreeMap<String, (String, u64)>> {
+        let value = self.cli_json(name, &["members"])?;
+        let mut out = BTreeMap::new();
+        for m in value["members"].as_array().context("members array")? {
+            out.insert(
+                m["name"].as_str().context("name")?.to_owned(),
+                (
+                    m["state"].as_str().context("state")?.to_owned(),
+                    m["incarnation"].as_u64().context("incarnation")?,
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Names of nodes whose processes run.
+    pub fn running(&mut self) -> Vec<String> {
+        self.nodes
+            .values_mut()
+            .filter_map(|n| n.is_running().then(|| n.name.clone()))
+            .collect()
+    }
+
+    /// The log of `name`, for failure messages.
+    pub fn log(&mut self, name: &str) -> String {
+        std::fs::read_to_string(&self.node(name).log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut n = 0;
+    loop {
+        let candidate = path.with_extension(format!("{n}.log"));
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+fn ensure_success(out: &Output, what: &str) -> anyhow::Result<()> {
+    if !out.status.success() {
+        bail!(
+            "podmesh {what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

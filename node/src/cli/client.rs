@@ -1,0 +1,169 @@
+//! Commands that talk to a running node through its local API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use podmesh::client::{Client, socket_path};
+use serde_json::{Value, json};
+
+/// How a client command finds its node.
+#[derive(Debug, Args)]
+pub(crate) struct Target {
+    /// The node's data directory (its socket is <DATA_DIR>/podmesh.sock) [env: PODMESH_DATA_DIR].
+    #[arg(long, env = "PODMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The node's local API socket, instead of --data-dir [env: PODMESH_SOCKET].
+    #[arg(long, env = "PODMESH_SOCKET", conflicts_with = "data_dir")]
+    socket: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    /// The socket to use: explicit, else from the data directory, else the only node under
+    /// the default data root.
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        if let Some(dir) = &self.data_dir {
+            return Ok(socket_path(dir));
+        }
+        let root = podmesh::config::default_data_dir("x")?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let sockets: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| socket_path(&e.path()))
+                    .filter(|s| s.exists())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match sockets.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => anyhow::bail!(
+                "no running node found under {}: give --data-dir or --socket",
+                root.display()
+            ),
+            _ => anyhow::bail!(
+                "several nodes run under {}: give --data-dir or --socket",
+                root.display()
+            ),
+        }
+    }
+
+    fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let socket = self.socket()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut client = Client::connect(&socket).await?;
+            Ok(client.call(method, params).await?.data)
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MembersArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+pub(crate) fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
+    let data = args.target.call("members", json!({}))?;
+    if args.target.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let empty = Vec::new();
+    let members = data["members"].as_array().unwrap_or(&empty);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    println!(
+        "{:<24} {:<22} {:<8} {:>11}  CHANGED",
+        "NAME", "ADDRESS", "STATE", "INCARNATION"
+    );
+    for m in members {
+        let name = m["name"].as_str().unwrap_or("?");
+        let local = if m["local"].as_bool() == Some(true) {
+            " (this node)"
+        } else {
+            ""
+        };
+        let changed = m["changed_at_ms"]
+            .as_u64()
+            .map(|t| ago(now_ms.saturating_sub(t)));
+        println!(
+            "{:<24} {:<22} {:<8} {:>11}  {}{}",
+            name,
+            m["address"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+            m["incarnation"],
+            changed.as_deref().unwrap_or("?"),
+            local,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(ms: u64) -> String {
+    match ms / 1000 {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s => format!("{}h ago", s / 3600),
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LeaveArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+pub(crate) fn leave(args: LeaveArgs) -> anyhow::Result<ExitCode> {
+    let data = args.target.call("leave", json!({}))?;
+    if args.target.json {
+        println!("{data}");
+    } else {
+        println!("the node is leaving the mesh");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+pub(crate) fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    let data = args.target.call("node_info", json!({}))?;
+    if args.target.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for key in [
+        "name",
+        "mesh",
+        "address",
+        "incarnation",
+        "version",
+        "local_health",
+        "connections",
+    ] {
+        println!("{key:<14} {}", data[key]);
+    }
+    if let Some(counters) = data["counters"].as_object() {
+        for (key, value) in counters {
+            println!("{key:<20} {value}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

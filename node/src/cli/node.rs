@@ -1,0 +1,121 @@
+//! `podmesh node run`: run a node daemon in the foreground.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use podmesh::config::{DEFAULT_LISTEN, NodeFile, Preset, resolve};
+use podmesh::daemon::{self, NodeSettings};
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// A TOML file with any of the settings below (flags and PODMESH_* variables override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory with ca.crt, node.crt and node.key [env: PODMESH_CERTS_DIR].
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// Data directory for node.redb and podmesh.sock [default: $XDG_DATA_HOME/podmesh/<node>]
+    /// [env: PODMESH_DATA_DIR].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Expected node name; refused if the certificate says otherwise [env: PODMESH_NAME].
+    #[arg(long)]
+    name: Option<String>,
+    /// QUIC listen address [default: 0.0.0.0:7946] [env: PODMESH_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Address other nodes reach this one at [default: the listen address when specific, else
+    /// the local address towards the first seed] [env: PODMESH_ADVERTISE].
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Seed node to join through, host:port (repeatable) [env: PODMESH_JOIN, comma-separated].
+    /// Without seeds a restarted node rejoins the members it last knew.
+    #[arg(long = "join", value_name = "ADDR")]
+    join: Vec<String>,
+    /// Membership timing preset [default: lan] [env: PODMESH_PRESET].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// SHA-256 fingerprint of a certificate to refuse (repeatable) [env: PODMESH_BLOCKLIST].
+    #[arg(long = "block", value_name = "SHA256")]
+    blocklist: Vec<String>,
+}
+
+fn settings(args: RunArgs) -> anyhow::Result<NodeSettings> {
+    let mut file = match &args.config {
+        Some(path) => NodeFile::load(path)?,
+        None => NodeFile::default(),
+    };
+    file.apply_env(|key| std::env::var(key).ok())?;
+    if args.certs_dir.is_some() {
+        file.certs_dir = args.certs_dir;
+    }
+    if args.data_dir.is_some() {
+        file.data_dir = args.data_dir;
+    }
+    if args.name.is_some() {
+        file.name = args.name;
+    }
+    if args.listen.is_some() {
+        file.listen = args.listen;
+    }
+    if args.advertise.is_some() {
+        file.advertise = args.advertise;
+    }
+    if !args.join.is_empty() {
+        file.join = args.join;
+    }
+    if args.preset.is_some() {
+        file.preset = args.preset;
+    }
+    if !args.blocklist.is_empty() {
+        file.blocklist = args.blocklist;
+    }
+    let certs_dir = file.certs_dir.ok_or_else(|| {
+        anyhow::anyhow!("no certificates: give --certs-dir (or certs_dir in --config)")
+    })?;
+    let listen = resolve("--listen", file.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let advertise = file
+        .advertise
+        .as_deref()
+        .map(|a| resolve("--advertise", a))
+        .transpose()?;
+    let join = file
+        .join
+        .iter()
+        .map(|a| resolve("--join", a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let blocklist = file
+        .blocklist
+        .iter()
+        .map(|f| f.parse())
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Ok(NodeSettings {
+        certs_dir,
+        expected_name: file.name,
+        data_dir: file.data_dir,
+        listen,
+        advertise,
+        join,
+        preset: file.preset.unwrap_or_default(),
+        blocklist,
+    })
+}
+
+pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings(args)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(settings))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,399 @@
+//! QUIC transport: one quinn endpoint that serves and dials, and a pool of connections keyed by
+//! the authenticated node name at the other end.
+//!
+//! Datagrams carry probes and piggybacked gossip; anything larger than the path allows, and every
+//! stream message, goes on its own unidirectional stream (the whole stream is one frame). What
+//! arrives is handed to the actor with the sender's node name as its certificate proves it, never
+//! as the message claims it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use podmesh_certs::{MeshTls, NodeName, ServerTarget};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, warn};
+
+/// Limits of the transport. Every queue and wait is bounded.
+#[derive(Clone, Debug)]
+pub struct TransportLimits {
+    /// Largest stream frame accepted; larger ones are refused and the stream stopped.
+    pub frame_size_max: usize,
+    /// Most connections kept open; the least recently used is closed past it.
+    pub connections_max: usize,
+    /// Sends (dial + write) in flight at once; further sends are dropped and counted, as gossip
+    /// tolerates loss and a slow peer must not stall the actor.
+    pub sends_in_flight_max: usize,
+    /// How long a dial may take before the send is dropped.
+    pub connect_timeout: Duration,
+    /// A connection unused this long is closed by QUIC.
+    pub idle_timeout: Duration,
+    /// Inbound frames queued towards the actor; when full, datagrams are dropped and stream
+    /// readers wait (back-pressure on that peer only).
+    pub inbound_queue_len_max: usize,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self {
+            // Matches the mesh codec's stream limit with room for framing.
+            frame_size_max: 1 << 20,
+            connections_max: 1024,
+            sends_in_flight_max: 256,
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(60),
+            inbound_queue_len_max: 4096,
+        }
+    }
+}
+
+/// Something that arrived from another node.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A datagram from an authenticated node.
+    Datagram {
+        /// The sender, from its certificate.
+        from: NodeName,
+        /// The payload.
+        bytes: Vec<u8>,
+    },
+    /// A whole stream frame from an authenticated node.
+    Message {
+        /// The sender, from its certificate.
+        from: NodeName,
+        /// The payload.
+        bytes: Vec<u8>,
+    },
+    /// The last connection to a node closed.
+    ConnectionLost {
+        /// The node.
+        node: NodeName,
+    },
+}
+
+/// Where to send: an address and, when known, the node expected there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// The node's address.
+    pub addr: SocketAddr,
+    /// The node's name; `None` for a seed known only by address.
+    pub name: Option<NodeName>,
+}
+
+/// How a frame travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// Unreliable datagram (falls back to a stream when too large for the path).
+    Datagram,
+    /// Reliable stream frame.
+    Stream,
+}
+
+/// Counters an operator can read through the local API.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Sends dropped because too many were in flight.
+    pub sends_dropped: std::sync::atomic::AtomicU64,
+    /// Dials that failed or timed out.
+    pub connect_failures: std::sync::atomic::AtomicU64,
+    /// Inbound connections refused during the handshake.
+    pub handshakes_refused: std::sync::atomic::AtomicU64,
+    /// Inbound frames over the size limit.
+    pub frames_too_large: std::sync::atomic::AtomicU64,
+    /// Inbound datagrams dropped because the actor's queue was full.
+    pub datagrams_dropped: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    connection: quinn::Connection,
+    last_used: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    by_name: HashMap<NodeName, Pooled>,
+}
+
+/// The QUIC transport of one node.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    tls: MeshTls,
+    client_config: quinn::ClientConfig,
+    pool: Arc<Mutex<Pool>>,
+    /// Serialises dials per destination so two sends never open two connections.
+    dialing: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    sends: Arc<Semaphore>,
+    limits: TransportLimits,
+    stats: Arc<TransportStats>,
+}
+
+fn transport_config(limits: &TransportLimits) -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    // The idle timeout is what closes pooled connections nobody uses any more.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout) {
+        config.max_idle_timeout(Some(idle));
+    }
+    config.datagram_receive_buffer_size(Some(1 << 20));
+    Arc::new(config)
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Transport {
+    /// Binds the endpoint on `listen` and starts accepting connections; inbound frames go to
+    /// `inbound_tx`.
+    pub fn bind(
+        listen: SocketAddr,
+        tls: MeshTls,
+        limits: TransportLimits,
+        inbound_tx: mpsc::Sender<Inbound>,
+    ) -> anyhow::Result<Self> {
+        let mut server = tls.quinn_server()?;
+        server.transport_config(transport_config(&limits));
+        let mut client_config = tls.quinn_client()?;
+        client_config.transport_config(transport_config(&limits));
+        let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!("cannot listen on {listen}: the port is in use")
+            } else {
+                anyhow::anyhow!("cannot listen on {listen}: {e}")
+            }
+        })?;
+        let transport = Self {
+            endpoint,
+            tls,
+            client_config,
+            pool: Arc::default(),
+            dialing: Arc::default(),
+            inbound_tx,
+            sends: Arc::new(Semaphore::new(limits.sends_in_flight_max)),
+            limits,
+            stats: Arc::default(),
+        };
+        tokio::spawn(transport.clone().accept_loop());
+        Ok(transport)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// Number of pooled connections.
+    pub fn connection_count(&self) -> usize {
+        self.pool.lock().map(|p| p.by_name.len()).unwrap_or(0)
+    }
+
+    /// Sends `bytes` to `to` in the background; never blocks the caller. When too many sends
+    /// are in flight the frame is dropped and counted.
+    pub fn send(&self, to: Destination, channel: Channel, bytes: Vec<u8>) {
+        let Ok(permit) = self.sends.clone().try_acquire_owned() else {
+            bump(&self.stats.sends_dropped);
+            return;
+        };
+        let transport = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = transport.send_now(&to, channel, bytes).await {
+                debug!(addr = %to.addr, node = ?to.name, error = %e, "send failed");
+            }
+        });
+    }
+
+    async fn send_now(
+        &self,
+        to: &Destination,
+        channel: Channel,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let connection = self.connection(to).await?;
+        let fits = connection
+            .max_datagram_size()
+            .is_some_and(|max| bytes.len() <= max);
+        if channel == Channel::Datagram && fits {
+            connection.send_datagram(bytes.into())?;
+            return Ok(());
+        }
+        let mut stream = connection.open_uni().await?;
+        stream.write_all(&bytes).await?;
+        stream.finish()?;
+        Ok(())
+    }
+
+    /// Returns a live pooled connection to `to`, dialling if there is none.
+    async fn connection(&self, to: &Destination) -> anyhow::Result<quinn::Connection> {
+        if let Some(connection) = to.name.as_ref().and_then(|name| self.pooled(name)) {
+            return Ok(connection);
+        }
+        let slot = {
+            let mut dialing = self.dialing.lock().await;
+            dialing.entry(to.addr).or_default().clone()
+        };
+        let _guard = slot.lock().await;
+        // Another send may have connected while this one waited.
+        if let Some(connection) = to.name.as_ref().and_then(|name| self.pooled(name)) {
+            return Ok(connection);
+        }
+        let target = match &to.name {
+            Some(name) => ServerTarget::Node(name.clone()),
+            None => ServerTarget::AnyNode,
+        };
+        let server_name = self.tls.server_name(&target);
+        let connecting =
+            self.endpoint
+                .connect_with(self.client_config.clone(), to.addr, &server_name)?;
+        let connection = match tokio::time::timeout(self.limits.connect_timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                bump(&self.stats.connect_failures);
+                return Err(e.into());
+            }
+            Err(_) => {
+                bump(&self.stats.connect_failures);
+                anyhow::bail!("connecting to {} timed out", to.addr);
+            }
+        };
+        let name = self.tls.peer_node(&connection)?;
+        self.adopt(name, connection.clone());
+        Ok(connection)
+    }
+
+    fn pooled(&self, name: &NodeName) -> Option<quinn::Connection> {
+        let mut pool = self.pool.lock().ok()?;
+        let entry = pool.by_name.get_mut(name)?;
+        if entry.connection.close_reason().is_some() {
+            pool.by_name.remove(name);
+            return None;
+        }
+        entry.last_used = Instant::now();
+        Some(entry.connection.clone())
+    }
+
+    /// Pools a connection (inbound or outbound) under its authenticated name and starts reading
+    /// from it.
+    fn adopt(&self, name: NodeName, connection: quinn::Connection) {
+        if let Ok(mut pool) = self.pool.lock() {
+            if pool.by_name.len() >= self.limits.connections_max
+                && !pool.by_name.contains_key(&name)
+            {
+                let oldest = pool
+                    .by_name
+                    .iter()
+                    .min_by_key(|(_, p)| p.last_used)
+                    .map(|(n, _)| n.clone());
+                if let Some(oldest) = oldest.and_then(|n| pool.by_name.remove(&n)) {
+                    oldest.connection.close(0u32.into(), b"pool full");
+                }
+            }
+            pool.by_name.insert(
+                name.clone(),
+                Pooled {
+                    connection: connection.clone(),
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        tokio::spawn(
+            self.clone()
+                .read_datagrams(name.clone(), connection.clone()),
+        );
+        tokio::spawn(self.clone().read_streams(name, connection));
+    }
+
+    async fn accept_loop(self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let transport = self.clone();
+            tokio::spawn(async move {
+                let connection = match incoming.await {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        bump(&transport.stats.handshakes_refused);
+                        debug!(error = %e, "inbound handshake refused");
+                        return;
+                    }
+                };
+                match transport.tls.peer_node(&connection) {
+                    Ok(name) => transport.adopt(name, connection),
+                    Err(e) => {
+                        bump(&transport.stats.handshakes_refused);
+                        warn!(error = %e, "inbound connection without a node identity");
+                        connection.close(1u32.into(), b"identity");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn read_datagrams(self, from: NodeName, connection: quinn::Connection) {
+        while let Ok(bytes) = connection.read_datagram().await {
+            let inbound = Inbound::Datagram {
+                from: from.clone(),
+                bytes: bytes.to_vec(),
+            };
+            if self.inbound_tx.try_send(inbound).is_err() {
+                bump(&self.stats.datagrams_dropped);
+            }
+        }
+        self.forget(&from, &connection).await;
+    }
+
+    async fn read_streams(self, from: NodeName, connection: quinn::Connection) {
+        while let Ok(mut stream) = connection.accept_uni().await {
+            let transport = self.clone();
+            let from = from.clone();
+            tokio::spawn(async move {
+                match stream.read_to_end(transport.limits.frame_size_max).await {
+                    Ok(bytes) => {
+                        let _ = transport
+                            .inbound_tx
+                            .send(Inbound::Message { from, bytes })
+                            .await;
+                    }
+                    Err(quinn::ReadToEndError::TooLong) => {
+                        bump(&transport.stats.frames_too_large);
+                        let _ = stream.stop(1u32.into());
+                        warn!(node = %from, "stream frame over the size limit");
+                    }
+                    Err(e) => debug!(node = %from, error = %e, "stream read failed"),
+                }
+            });
+        }
+    }
+
+    /// Drops a closed connection from the pool and tells the actor when it was the node's last.
+    async fn forget(&self, name: &NodeName, connection: &quinn::Connection) {
+        let removed = match self.pool.lock() {
+            Ok(mut pool) => match pool.by_name.get(name) {
+                Some(p) if p.connection.stable_id() == connection.stable_id() => {
+                    pool.by_name.remove(name);
+                    true
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        if removed {
+            let _ = self
+                .inbound_tx
+                .send(Inbound::ConnectionLost { node: name.clone() })
+                .await;
+        }
+    }
+
+    /// Closes every connection and waits (bounded) for the peers to be told.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
