@@ -236,6 +236,16 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to `name` (a polite stop: the node leaves the mesh).
+    pub fn terminate(&mut self, name: &str) -> anyhow::Result<()> {
+        let pid = self.node(name).pid().context("node not running")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        Ok(())
+    }
+
     /// Restarts `name` on its old address and data directory, with the given seeds.
     pub fn restart(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
         self.kill(name);

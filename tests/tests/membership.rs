@@ -99,6 +99,14 @@ fn five_nodes_converge_detect_a_crash_welcome_a_restart_and_see_a_leave() {
         .then_some(())
     });
     assert!(left.is_some(), "n4 not left: {:?}", cluster.members("n1"));
+
+    // SIGTERM is a leave too: n3 exits cleanly and is `left` for the rest.
+    cluster.terminate("n3").unwrap();
+    assert_eq!(cluster.wait_exit("n3", Duration::from_secs(10)), Some(true));
+    let left = wait_for(CONVERGE_MAX, || {
+        all_see(&mut cluster, &["n1", "n2", "n5"], |m| m["n3"].0 == "left").then_some(())
+    });
+    assert!(left.is_some(), "n3 not left: {:?}", cluster.members("n1"));
 }
 
 #[test]
