@@ -16,6 +16,8 @@ use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
 use crate::{Config, Error, NodeName, Time};
 
+use roster::Roster;
+
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
@@ -266,6 +268,7 @@ enum Timer {
     Sync,
     Reconnect,
     Persist,
+    Collect,
 }
 
 #[derive(Debug, Clone)]
@@ -385,14 +388,18 @@ impl Broadcasts {
     /// those that reached `limit` transmissions.
     fn take(&mut self, mut budget: usize, limit: u32) -> Vec<Update> {
         let mut chosen = Vec::new();
+        let mut misses = 0;
         for key in &self.order {
             if let Some(item) = self.items.get(&key.2)
                 && item.size <= budget
             {
                 budget -= item.size;
                 chosen.push(key.clone());
+            } else {
+                misses += 1;
             }
-            if budget < 8 {
+            // A nearly full datagram is not worth a scan of the whole queue for a tiny update.
+            if budget < 8 || misses >= 64 {
                 break;
             }
         }
@@ -436,6 +443,10 @@ pub struct Mesh<S> {
     rng: ChaCha8Rng,
     /// Every other member, tombstones included.
     members: BTreeMap<NodeName, MemberEntry>,
+    /// The alive and suspect members of `members`.
+    live: Roster,
+    /// Members declared dead recently, still gossiped to (pruned by `gossip_to_dead`).
+    recently_dead: Vec<NodeName>,
     /// Replicated state per owner, this node included.
     entries: BTreeMap<NodeName, BTreeMap<String, Entry>>,
     queue: Broadcasts,
@@ -509,6 +520,8 @@ impl<S: Store> Mesh<S> {
             store,
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             members: BTreeMap::new(),
+            live: Roster::default(),
+            recently_dead: Vec::new(),
             entries: BTreeMap::from([(me, BTreeMap::new())]),
             queue: Broadcasts::default(),
             timers: BTreeMap::new(),
@@ -536,6 +549,7 @@ impl<S: Store> Mesh<S> {
         mesh.schedule(sync_at, Timer::Sync);
         mesh.schedule(now, Timer::Reconnect);
         mesh.schedule(now + mesh.config.persist_interval, Timer::Persist);
+        mesh.schedule(now + mesh.collect_interval(), Timer::Collect);
         Ok(mesh)
     }
 
@@ -862,6 +876,10 @@ impl<S: Store> Mesh<S> {
                 self.schedule(now + self.config.reconnect_interval, Timer::Reconnect);
                 self.reconnect();
             }
+            Timer::Collect => {
+                self.schedule(now + self.collect_interval(), Timer::Collect);
+                self.collect_tombstones(now);
+            }
             Timer::Persist => {
                 self.schedule(now + self.config.persist_interval, Timer::Persist);
                 self.persist_members();
@@ -879,7 +897,6 @@ impl<S: Store> Mesh<S> {
     }
 
     fn on_probe_tick(&mut self, now: Time) {
-        self.collect_tombstones(now);
         self.finish_probe(now);
         if self.left {
             return;
@@ -962,12 +979,7 @@ impl<S: Store> Mesh<S> {
                     return Some(name);
                 }
             }
-            let mut order: Vec<NodeName> = self
-                .members
-                .iter()
-                .filter(|(_, m)| m.state.is_live())
-                .map(|(name, _)| name.clone())
-                .collect();
+            let mut order: Vec<NodeName> = self.live.names().to_vec();
             shuffle(&mut self.rng, &mut order);
             self.probe_order = order;
             self.probe_next = 0;
@@ -984,13 +996,18 @@ impl<S: Store> Mesh<S> {
         let Some(target_addr) = self.members.get(&target).map(|m| m.addr) else {
             return;
         };
-        let candidates: Vec<(NodeName, SocketAddr)> = self
-            .members
-            .iter()
-            .filter(|(name, m)| m.state == MemberState::Alive && **name != target)
-            .map(|(name, m)| (name.clone(), m.addr))
+        let members = &self.members;
+        let chosen: Vec<(NodeName, SocketAddr)> = self
+            .live
+            .sample(&mut self.rng, self.config.indirect_checks, |name| {
+                *name != target
+                    && members
+                        .get(name)
+                        .is_some_and(|m| m.state == MemberState::Alive)
+            })
+            .into_iter()
+            .filter_map(|name| members.get(&name).map(|m| (name, m.addr)))
             .collect();
-        let chosen = sample(&mut self.rng, candidates, self.config.indirect_checks);
         if let Some(probe) = &mut self.probe {
             probe.intermediaries = chosen.iter().map(|(name, _)| name.clone()).collect();
         }
@@ -1127,7 +1144,7 @@ impl<S: Store> Mesh<S> {
 
     /// Live members, this node included.
     fn live_count(&self) -> usize {
-        1 + self.members.values().filter(|m| m.state.is_live()).count()
+        1 + self.live.len()
     }
 
     /// Sends `probe` to `to` with as many queued updates as fit; `first` goes before them.
@@ -1167,17 +1184,20 @@ impl<S: Store> Mesh<S> {
         }
         // Recently dead members still get gossip, so a falsely accused node can refute.
         let dead_window = self.config.gossip_to_dead;
-        let candidates: Vec<(NodeName, SocketAddr)> = self
-            .members
-            .iter()
-            .filter(|(_, m)| {
-                m.state.is_live()
-                    || (m.state == MemberState::Dead
-                        && now.saturating_since(m.changed_at) < dead_window)
+        let members = &self.members;
+        self.recently_dead.retain(|name| {
+            members.get(name).is_some_and(|m| {
+                m.state == MemberState::Dead && now.saturating_since(m.changed_at) < dead_window
             })
-            .map(|(name, m)| (name.clone(), m.addr))
+        });
+        let fanout = self.config.gossip_fanout;
+        let mut candidates = self.live.sample(&mut self.rng, fanout, |_| true);
+        candidates.extend(self.recently_dead.iter().cloned());
+        let chosen: Vec<(NodeName, SocketAddr)> = sample(&mut self.rng, candidates, fanout)
+            .into_iter()
+            .filter_map(|name| members.get(&name).map(|m| (name, m.addr)))
             .collect();
-        for (name, addr) in sample(&mut self.rng, candidates, self.config.gossip_fanout) {
+        for (name, addr) in chosen {
             if self.queue.len() == 0 {
                 break;
             }
@@ -1307,6 +1327,7 @@ impl<S: Store> Mesh<S> {
                     },
                 );
                 self.entries.entry(name.clone()).or_default();
+                self.live.insert(&name);
                 self.add_to_probe_order(name.clone());
             }
             Some(member) => {
@@ -1332,6 +1353,7 @@ impl<S: Store> Mesh<S> {
                 }
                 member.changed_at = now;
                 if !was.is_live() {
+                    self.live.insert(&name);
                     self.add_to_probe_order(name.clone());
                 }
             }
@@ -1484,6 +1506,8 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Dead;
         member.changed_at = now;
         member.suspicion = None;
+        self.live.remove(&name);
+        self.recently_dead.push(name.clone());
         self.members_dirty = true;
         self.emit(Event::MemberDead {
             node: name.clone(),
@@ -1517,6 +1541,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Left;
         member.changed_at = now;
         member.suspicion = None;
+        self.live.remove(&name);
         self.members_dirty = true;
         self.emit(Event::MemberLeft {
             node: name.clone(),
@@ -1616,6 +1641,12 @@ impl<S: Store> Mesh<S> {
 
     // ----- tombstones and persistence -----
 
+    /// Tombstones are swept every eighth of their TTL (at most once per probe interval), so
+    /// one lives between `tombstone_ttl` and 9/8 of it, and sweeping stays cheap.
+    fn collect_interval(&self) -> Duration {
+        (self.config.tombstone_ttl / 8).max(self.config.probe_interval)
+    }
+
     fn collect_tombstones(&mut self, now: Time) {
         let ttl = self.config.tombstone_ttl;
         let expired: Vec<NodeName> = self
@@ -1625,6 +1656,7 @@ impl<S: Store> Mesh<S> {
             .map(|(name, _)| name.clone())
             .collect();
         for name in expired {
+            self.live.remove(&name);
             self.members.remove(&name);
             self.entries.remove(&name);
             self.members_dirty = true;
@@ -1756,7 +1788,7 @@ impl<S: Store> Mesh<S> {
         if self.left {
             return;
         }
-        if !self.members.values().any(|m| m.state.is_live()) {
+        if self.live.len() == 0 {
             // Alone: a full push/pull with every seed, else with some last known members.
             let seeds: Vec<SocketAddr> = self
                 .seeds
@@ -1817,13 +1849,17 @@ impl<S: Store> Mesh<S> {
         if self.left {
             return;
         }
-        let alive: Vec<(NodeName, SocketAddr)> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == MemberState::Alive)
-            .map(|(name, m)| (name.clone(), m.addr))
-            .collect();
-        if let Some((name, addr)) = sample(&mut self.rng, alive, 1).pop() {
+        let members = &self.members;
+        let partner = self
+            .live
+            .sample(&mut self.rng, 1, |name| {
+                members
+                    .get(name)
+                    .is_some_and(|m| m.state == MemberState::Alive)
+            })
+            .pop()
+            .and_then(|name| members.get(&name).map(|m| (name, m.addr)));
+        if let Some((name, addr)) = partner {
             let hash = summary(&self.digest());
             self.send_message(
                 Target {
@@ -2115,6 +2151,8 @@ fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
     items.truncate(k);
     items
 }
+
+mod roster;
 
 #[cfg(test)]
 mod tests;
