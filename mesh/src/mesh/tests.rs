@@ -1043,3 +1043,119 @@ fn a_stale_entry_of_a_previous_life_is_buried_by_its_owner() {
         .map(|e| (e.generation, e.value.is_none()));
     assert_eq!(entry, Some((mesh.incarnation(), true)));
 }
+
+#[test]
+fn rejoin_fanout_bounds_the_contacts_of_a_restart_without_seeds() {
+    // A restarted node with many stored members contacts only rejoin_fanout of them.
+    let mut store = MemStore::new();
+    let mut batch = WriteBatch::new();
+    for i in 1..=10 {
+        let record = MemberRecord {
+            name: name(i),
+            addr: addr(i),
+            incarnation: 1,
+            state: MemberState::Alive,
+        };
+        batch.put(
+            Table::Members,
+            name(i).as_str(),
+            codec::encode_member(&record),
+        );
+    }
+    batch.put(Table::Members, "garbage", vec![0xff]);
+    store.write(batch).unwrap();
+    let mut mesh = Mesh::new(Config::lan(), name(0), addr(0), store, 3, Time::ZERO).unwrap();
+    assert_eq!(mesh.counters().store_corrupt_records, 1);
+    mesh.handle_timeout(Time::ZERO);
+    let push_pulls: Vec<Target> = drain_all(&mut mesh)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Message { to, bytes } => {
+                let message = codec::decode_message(&bytes, 1 << 20).unwrap();
+                matches!(message.body, Body::PushPull { reply: true, .. }).then_some(to)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(push_pulls.len(), mesh.config().rejoin_fanout);
+    assert!(push_pulls.iter().all(|t| t.name.is_some()));
+}
+
+#[test]
+fn a_sync_delta_covers_only_the_buckets_that_fit_message_size_max() {
+    // Anti-entropy deltas respect message_size_max by sending whole buckets that fit and
+    // naming only those, so the rest is repaired in later rounds.
+    let config = Config {
+        message_size_max: 2048,
+        state_value_size_max: 1024,
+        ..Config::lan()
+    };
+    let buckets = usize::from(config.sync_buckets);
+    let mut mesh = lone(config);
+    for chunk in (1..=300).collect::<Vec<usize>>().chunks(40) {
+        feed(
+            &mut mesh,
+            1,
+            gossip(chunk.iter().map(|&i| alive(i, 1)).collect()),
+            Time::ZERO,
+        );
+    }
+    drain_all(&mut mesh);
+    let ask = |hashes: Vec<u64>| Message {
+        addr: addr(1),
+        body: Body::SyncBuckets { hashes },
+    };
+    let bytes = codec::encode_message(&ask(vec![0; buckets - 1]));
+    mesh.handle(
+        Input::Message {
+            from: name(1),
+            bytes,
+        },
+        Time::ZERO,
+    )
+    .unwrap();
+    assert_eq!(
+        mesh.counters().bad_frames,
+        1,
+        "a digest of the wrong size is a bad frame"
+    );
+    let bytes = codec::encode_message(&ask(vec![0; buckets]));
+    mesh.handle(
+        Input::Message {
+            from: name(1),
+            bytes,
+        },
+        Time::ZERO,
+    )
+    .unwrap();
+    let replies: Vec<Vec<u8>> = drain_all(&mut mesh)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Message { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].len() <= 2048);
+    let Body::SyncDelta {
+        reply,
+        buckets: covered,
+        members,
+        ..
+    } = codec::decode_message(&replies[0], 2048).unwrap().body
+    else {
+        panic!("expected a delta");
+    };
+    assert!(reply);
+    assert!(
+        !covered.is_empty() && covered.len() < buckets,
+        "{} buckets",
+        covered.len()
+    );
+    assert!(
+        members
+            .iter()
+            .all(|m| covered.contains(&mesh.bucket_of(&m.name)))
+    );
+    assert_eq!(mesh.counters().messages_truncated, 1);
+}
