@@ -439,6 +439,8 @@ pub struct Mesh<S> {
     /// Write counter of this node's state entries.
     state_version: u64,
     left: bool,
+    /// When this node's own state last changed (start, refutation, leave).
+    changed_at: Time,
     store: S,
     rng: ChaCha8Rng,
     /// Every other member, tombstones included.
@@ -517,6 +519,7 @@ impl<S: Store> Mesh<S> {
             generation: incarnation,
             state_version: 0,
             left: false,
+            changed_at: now,
             store,
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             members: BTreeMap::new(),
@@ -613,7 +616,7 @@ impl<S: Store> Mesh<S> {
                 MemberState::Alive
             },
             incarnation: self.incarnation,
-            changed_at: Time::ZERO,
+            changed_at: self.changed_at,
         };
         let mut out: Vec<Member> = self
             .members
@@ -711,6 +714,11 @@ impl<S: Store> Mesh<S> {
         &self.store
     }
 
+    /// The store, mutably: lets a simulator inject failures into a running node's store.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Gives the store back, for a restart.
     pub fn into_store(self) -> S {
         self.store
@@ -753,6 +761,7 @@ impl<S: Store> Mesh<S> {
             Command::Leave => {
                 if !self.left {
                     self.left = true;
+                    self.changed_at = now;
                     self.probe = None;
                     let update = Update::Left {
                         name: self.me.clone(),
@@ -1306,7 +1315,7 @@ impl<S: Store> Mesh<S> {
     fn on_alive(&mut self, name: NodeName, addr: SocketAddr, incarnation: u64, now: Time) {
         if name == self.me {
             if incarnation > self.incarnation && !self.left {
-                self.refute(incarnation);
+                self.refute(incarnation, now);
             }
             return;
         }
@@ -1400,7 +1409,7 @@ impl<S: Store> Mesh<S> {
             if !self.left && incarnation >= self.incarnation {
                 // Being suspected hints that we are the slow one: Lifeguard raises awareness.
                 self.awareness_add(1);
-                self.refute(incarnation);
+                self.refute(incarnation, now);
             }
             return;
         }
@@ -1492,7 +1501,7 @@ impl<S: Store> Mesh<S> {
     fn on_dead(&mut self, name: NodeName, incarnation: u64, source: NodeName, now: Time) {
         if name == self.me {
             if !self.left && incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(incarnation, now);
             }
             return;
         }
@@ -1527,7 +1536,7 @@ impl<S: Store> Mesh<S> {
         if name == self.me {
             // A leave from a previous life must not stick to this one.
             if !self.left && incarnation >= self.incarnation {
-                self.refute(incarnation);
+                self.refute(incarnation, now);
             }
             return;
         }
@@ -1555,8 +1564,9 @@ impl<S: Store> Mesh<S> {
 
     /// Claims a higher incarnation than anything said about us, and persists it so a restart
     /// starts above it.
-    fn refute(&mut self, seen: u64) {
+    fn refute(&mut self, seen: u64, now: Time) {
         self.incarnation = self.incarnation.max(seen).saturating_add(1);
+        self.changed_at = now;
         let mut batch = WriteBatch::new();
         batch.put(Table::Meta, INCARNATION_KEY, self.incarnation.to_be_bytes());
         if self.store.write(batch).is_err() {

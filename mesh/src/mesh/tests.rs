@@ -1159,3 +1159,47 @@ fn a_sync_delta_covers_only_the_buckets_that_fit_message_size_max() {
     );
     assert_eq!(mesh.counters().messages_truncated, 1);
 }
+
+#[test]
+fn a_failed_member_write_is_retried_at_the_next_persist_tick() {
+    // A store failure loses nothing: the member list stays dirty until a write succeeds.
+    let config = Config {
+        persist_interval: Duration::from_secs(1),
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..=3).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    mesh.store_mut().fail_next_writes(1);
+    mesh.handle_timeout(Time::from_secs(1));
+    assert_eq!(mesh.counters().store_write_failures, 1);
+    assert!(mesh.store().scan(Table::Members).unwrap().is_empty());
+    mesh.handle_timeout(Time::from_secs(2));
+    assert_eq!(mesh.store().scan(Table::Members).unwrap().len(), 3);
+}
+
+#[test]
+fn a_refutation_is_persisted_so_a_restart_starts_above_it() {
+    // An incarnation raised by refuting is written through, so the next life starts higher.
+    let mut mesh = lone(Config::lan());
+    let suspect = Update::Suspect {
+        name: name(0),
+        incarnation: 5,
+        source: name(1),
+    };
+    feed(
+        &mut mesh,
+        1,
+        gossip(vec![alive(1, 1), suspect]),
+        Time::from_secs(3),
+    );
+    assert_eq!(mesh.incarnation(), 6);
+    assert_eq!(mesh.members()[0].changed_at, Time::from_secs(3));
+    let store = mesh.into_store();
+    let again = Mesh::new(Config::lan(), name(0), addr(0), store, 7, Time::ZERO).unwrap();
+    assert_eq!(again.incarnation(), 7);
+}
