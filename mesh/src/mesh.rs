@@ -1,6 +1,5 @@
 //! The core: SWIM membership with Lifeguard, and owner-versioned replicated state.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
 use crate::{Config, Error, NodeName, Time};
 
+use broadcast::{Broadcasts, Subject};
 use roster::Roster;
 
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
@@ -328,102 +328,6 @@ struct Relay {
     addr: SocketAddr,
     seq: u32,
     target: NodeName,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Subject {
-    Member(NodeName),
-    State(NodeName, String),
-}
-
-#[derive(Debug, Clone)]
-struct Queued {
-    update: Update,
-    size: usize,
-    transmits: u32,
-    seq: u64,
-}
-
-/// Updates waiting to be piggybacked, least transmitted (then newest) first. A newer update about
-/// the same subject replaces the older one, so the queue never carries contradicting news.
-#[derive(Debug, Default)]
-struct Broadcasts {
-    items: BTreeMap<Subject, Queued>,
-    order: BTreeSet<(u32, Reverse<u64>, Subject)>,
-    next_seq: u64,
-}
-
-impl Broadcasts {
-    /// Queues `update`; returns whether another update had to be evicted to respect `max`.
-    fn push(&mut self, subject: Subject, update: Update, max: usize) -> bool {
-        if let Some(old) = self.items.remove(&subject) {
-            self.order
-                .remove(&(old.transmits, Reverse(old.seq), subject.clone()));
-        }
-        let mut evicted = false;
-        if self.items.len() >= max {
-            // The most transmitted update has done most of its work already.
-            if let Some((_, _, victim)) = self.order.pop_last() {
-                self.items.remove(&victim);
-                evicted = true;
-            }
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let size = codec::body_size(&update);
-        self.order.insert((0, Reverse(seq), subject.clone()));
-        self.items.insert(
-            subject,
-            Queued {
-                update,
-                size,
-                transmits: 0,
-                seq,
-            },
-        );
-        evicted
-    }
-
-    /// Takes updates that fit in `budget` bytes, counting a transmission for each and dropping
-    /// those that reached `limit` transmissions.
-    fn take(&mut self, mut budget: usize, limit: u32) -> Vec<Update> {
-        let mut chosen = Vec::new();
-        let mut misses = 0;
-        for key in &self.order {
-            if let Some(item) = self.items.get(&key.2)
-                && item.size <= budget
-            {
-                budget -= item.size;
-                chosen.push(key.clone());
-            } else {
-                misses += 1;
-            }
-            // A nearly full datagram is not worth a scan of the whole queue for a tiny update.
-            if budget < 8 || misses >= 64 {
-                break;
-            }
-        }
-        let mut out = Vec::with_capacity(chosen.len());
-        for key in chosen {
-            self.order.remove(&key);
-            let (_, seq, subject) = key;
-            let Some(item) = self.items.get_mut(&subject) else {
-                continue;
-            };
-            item.transmits += 1;
-            out.push(item.update.clone());
-            if item.transmits >= limit {
-                self.items.remove(&subject);
-            } else {
-                self.order.insert((item.transmits, seq, subject));
-            }
-        }
-        out
-    }
-
-    fn len(&self) -> usize {
-        self.items.len()
-    }
 }
 
 /// The membership and replicated-state state machine. See the crate documentation for the
@@ -2162,6 +2066,7 @@ fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
     items
 }
 
+mod broadcast;
 mod roster;
 
 #[cfg(test)]
