@@ -1203,3 +1203,197 @@ fn a_refutation_is_persisted_so_a_restart_starts_above_it() {
     let again = Mesh::new(Config::lan(), name(0), addr(0), store, 7, Time::ZERO).unwrap();
     assert_eq!(again.incarnation(), 7);
 }
+
+mod fuzz {
+    //! Structured fuzzing of the core: well-formed but arbitrary frames from a handful of
+    //! members, in arbitrary order, must never panic it or break its invariants.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn small_name() -> impl Strategy<Value = NodeName> {
+        (0..5usize).prop_map(name)
+    }
+
+    fn member_state() -> impl Strategy<Value = MemberState> {
+        prop_oneof![
+            Just(MemberState::Alive),
+            Just(MemberState::Suspect),
+            Just(MemberState::Dead),
+            Just(MemberState::Left),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = StateRecord> {
+        (
+            small_name(),
+            "[a-c]{0,3}",
+            0..4u64,
+            0..6u64,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+        )
+            .prop_map(|(owner, key, generation, version, value)| StateRecord {
+                owner,
+                key,
+                generation,
+                version,
+                value,
+            })
+    }
+
+    fn update() -> impl Strategy<Value = Update> {
+        prop_oneof![
+            (0..5usize, 0..8u64).prop_map(|(i, inc)| alive(i, inc)),
+            (small_name(), 0..8u64, small_name()).prop_map(|(name, incarnation, source)| {
+                Update::Suspect {
+                    name,
+                    incarnation,
+                    source,
+                }
+            }),
+            (small_name(), 0..8u64, small_name()).prop_map(|(name, incarnation, source)| {
+                Update::Dead {
+                    name,
+                    incarnation,
+                    source,
+                }
+            }),
+            (small_name(), 0..8u64)
+                .prop_map(|(name, incarnation)| Update::Left { name, incarnation }),
+            record().prop_map(Update::State),
+        ]
+    }
+
+    fn probe() -> impl Strategy<Value = Probe> {
+        prop_oneof![
+            Just(Probe::Gossip),
+            (0..8u32).prop_map(|seq| Probe::Ping { seq, addr: addr(1) }),
+            (0..8u32).prop_map(|seq| Probe::Ack { seq }),
+            (0..8u32, 0..5usize).prop_map(|(seq, t)| Probe::PingReq {
+                seq,
+                addr: addr(1),
+                target: name(t),
+                target_addr: addr(t),
+            }),
+            (0..8u32).prop_map(|seq| Probe::Nack { seq }),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Body> {
+        let members = || {
+            proptest::collection::vec(
+                (0..5usize, 0..8u64, member_state()).prop_map(|(i, incarnation, state)| {
+                    MemberRecord {
+                        name: name(i),
+                        addr: addr(i),
+                        incarnation,
+                        state,
+                    }
+                }),
+                0..5,
+            )
+        };
+        let entries = || proptest::collection::vec(record(), 0..5);
+        prop_oneof![
+            (any::<bool>(), members(), entries()).prop_map(|(reply, members, entries)| {
+                Body::PushPull {
+                    reply,
+                    members,
+                    entries,
+                }
+            }),
+            any::<u64>().prop_map(|hash| Body::SyncSummary { hash }),
+            proptest::collection::vec(any::<u64>(), 64..=64)
+                .prop_map(|hashes| Body::SyncBuckets { hashes }),
+            (
+                any::<bool>(),
+                proptest::collection::vec(0..64u16, 0..4),
+                members(),
+                entries()
+            )
+                .prop_map(|(reply, buckets, members, entries)| Body::SyncDelta {
+                    reply,
+                    buckets,
+                    members,
+                    entries,
+                }),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Datagram(usize, Datagram),
+        Message(usize, Body),
+        Put(String),
+        Delete(String),
+        Wait(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (1..5usize, probe(), proptest::collection::vec(update(), 0..4))
+                .prop_map(|(from, probe, updates)| Step::Datagram(from, Datagram { probe, updates })),
+            2 => (1..5usize, body()).prop_map(|(from, body)| Step::Message(from, body)),
+            1 => "[a-c]{1,2}".prop_map(Step::Put),
+            1 => "[a-c]{1,2}".prop_map(Step::Delete),
+            2 => (0..40_000_000u64).prop_map(Step::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_frames_keep_the_core_sane(steps in proptest::collection::vec(step(), 1..40)) {
+            // The invariants of DESIGN section 8 that one node can check alone: no panic, the
+            // incarnation never decreases, the node never lists itself as anything but alive,
+            // and every output respects its size bound.
+            let config = Config::lan();
+            let mut mesh = lone(config.clone());
+            let mut now = Time::ZERO;
+            let mut incarnation = mesh.incarnation();
+            for step in steps {
+                match step {
+                    Step::Datagram(from, datagram) => {
+                        feed(&mut mesh, from, codec::encode_datagram(&datagram), now);
+                    }
+                    Step::Message(from, body) => {
+                        let bytes = codec::encode_message(&Message { addr: addr(from), body });
+                        mesh.handle(Input::Message { from: name(from), bytes }, now).unwrap();
+                    }
+                    Step::Put(key) => {
+                        let put = Command::PutState { key, value: vec![1] };
+                        mesh.handle(Input::Command(put), now).unwrap();
+                    }
+                    Step::Delete(key) => {
+                        mesh.handle(Input::Command(Command::DeleteState { key }), now).unwrap();
+                    }
+                    Step::Wait(micros) => {
+                        now = now + Duration::from_micros(micros);
+                        mesh.handle_timeout(now);
+                    }
+                }
+                prop_assert!(mesh.incarnation() >= incarnation);
+                incarnation = mesh.incarnation();
+                let me = mesh.members().into_iter().find(|m| m.name == name(0)).unwrap();
+                prop_assert_eq!(me.state, MemberState::Alive);
+                prop_assert!(mesh.member(&name(0)).is_none());
+                for output in drain_all(&mut mesh) {
+                    match output {
+                        Output::Datagram { bytes, .. } => {
+                            prop_assert!(bytes.len() <= config.datagram_size_max);
+                            prop_assert!(codec::decode_datagram(&bytes, config.datagram_size_max).is_ok());
+                        }
+                        Output::Message { bytes, .. } => {
+                            prop_assert!(bytes.len() <= config.message_size_max);
+                            prop_assert!(codec::decode_message(&bytes, config.message_size_max).is_ok());
+                        }
+                        Output::Event(Event::MemberDead { node, .. }) => prop_assert_ne!(node, name(0)),
+                        Output::Event(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
