@@ -786,7 +786,11 @@ impl<S: Store> Mesh<S> {
                 self.start_sync();
             }
             Timer::Reconnect => {
-                self.schedule(now + self.config.reconnect_interval, Timer::Reconnect);
+                // Uniform in [interval / 2, 3 * interval / 2): nodes started together must not
+                // re-contact in lockstep, and the mean stays the configured interval.
+                let interval = self.config.reconnect_interval;
+                let next = now + interval / 2 + self.jitter(interval);
+                self.schedule(next, Timer::Reconnect);
                 self.reconnect();
             }
             Timer::Collect => {

@@ -736,9 +736,15 @@ fn anti_entropy_steady_state_is_one_summary_per_interval_whatever_the_size() {
                 .iter()
                 .find(|m| !matches!(m.body, Body::SyncSummary { .. }))
         );
+        // Per node: one summary per sync interval, plus one to a seed per reconnect tick (which
+        // comes at least every reconnect_interval / 2), whatever n is.
+        let config = Config::lan();
+        let window = 60.0;
+        let sync_rounds = window / config.sync_interval.as_secs_f64();
+        let reconnect_rounds = window / (config.reconnect_interval.as_secs_f64() / 2.0);
         let per_node = messages.len() as f64 / n as f64;
         assert!(
-            per_node <= 60.0 / 10.0 + 2.0 * 2.0 + 1.0,
+            per_node <= sync_rounds + reconnect_rounds + 1.0,
             "n={n}: {per_node} messages per node"
         );
     }
