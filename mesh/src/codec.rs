@@ -264,6 +264,34 @@ pub(crate) fn decode_member(bytes: &[u8]) -> Result<MemberRecord, DecodeError> {
     decode(bytes, 1024)
 }
 
+/// Largest stored record (a Pod record with its peers, an inbox message, a log entry).
+pub(crate) const RECORD_SIZE_MAX: usize = 1 << 20;
+
+/// Encodes a record for the store (version byte included).
+pub(crate) fn encode_record<T: Serialize>(record: &T) -> Vec<u8> {
+    encode(record)
+}
+
+/// Decodes a record read from the store.
+pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    decode(bytes, RECORD_SIZE_MAX)
+}
+
+/// Encodes a peer-protocol request or answer (version byte included).
+pub(crate) fn encode_peer<T: Serialize>(value: &T) -> Vec<u8> {
+    encode(value)
+}
+
+/// Decodes a peer-protocol request or answer of at most `limit` bytes.
+pub(crate) fn decode_peer<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, DecodeError> {
+    decode(bytes, limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

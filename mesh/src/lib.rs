@@ -57,6 +57,8 @@ mod config;
 mod error;
 mod mesh;
 mod name;
+mod peers;
+mod pod;
 mod store;
 mod time;
 
@@ -67,5 +69,10 @@ pub use mesh::{
     Command, Counters, Event, Input, Member, MemberState, Mesh, Output, StateEntry, Target,
 };
 pub use name::{NODE_NAME_LEN_MAX, NodeName};
+pub use peers::{
+    ErrorCode, InboxEntry, LocalOp, LocalReply, PeerError, PeerOp, PeerRequest, PeerResponse,
+    Peers, PeersConfig, PeersCounters, PeersOutput, PodEvent, RequestId,
+};
+pub use pod::{InvalidPod, POD_NAME_LEN_MAX, PodAddr, PodName, PodRecord, PodStatus};
 pub use store::{MemStore, Row, Store, StoreError, Table, WriteBatch, WriteOp};
 pub use time::Time;

@@ -20,7 +20,8 @@ pub struct InvalidPod {
     rule: &'static str,
 }
 
-const POD_RULE: &str = "expected 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-', not '.' or '..'";
+const POD_RULE: &str =
+    "expected 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-', not '.' or '..'";
 const ADDR_RULE: &str = "expected pod@node";
 
 /// A Pod's name: `[A-Za-z0-9._-]{1,64}`, not `.` or `..`; unique per node.
@@ -43,8 +44,7 @@ impl TryFrom<String> for PodName {
             && s.len() <= POD_NAME_LEN_MAX
             && s != "."
             && s != ".."
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if valid {
             Ok(PodName(s))

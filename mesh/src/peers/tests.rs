@@ -1,0 +1,797 @@
+//! The peer handshake and delivery, driven deterministically between in-memory nodes.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::MemStore;
+
+const N1: &str = "n1";
+const N2: &str = "n2";
+
+fn node(name: &str) -> NodeName {
+    name.parse().unwrap()
+}
+
+fn pod(name: &str) -> PodName {
+    name.parse().unwrap()
+}
+
+fn addr(s: &str) -> PodAddr {
+    s.parse().unwrap()
+}
+
+/// A few nodes, each a `Peers` over its own `MemStore`, with RPCs carried by hand so tests can
+/// lose, delay or crash at any step.
+struct Net {
+    nodes: BTreeMap<String, (Peers, MemStore)>,
+    now: Time,
+    /// Requests sent and not yet carried: (rpc, from, to, bytes).
+    requests: Vec<(u64, String, String, Vec<u8>)>,
+    replies: BTreeMap<(String, u64), Result<LocalReply, PeerError>>,
+    events: Vec<(String, PodEvent)>,
+    next_token: u64,
+}
+
+impl Net {
+    fn new(names: &[&str]) -> Net {
+        let mut net = Net {
+            nodes: BTreeMap::new(),
+            now: Time::ZERO,
+            requests: Vec::new(),
+            replies: BTreeMap::new(),
+            events: Vec::new(),
+            next_token: 0,
+        };
+        for name in names {
+            let store = MemStore::new();
+            let peers =
+                Peers::load(node(name), 1, PeersConfig::default(), &store, Time::ZERO).unwrap();
+            net.nodes.insert((*name).to_owned(), (peers, store));
+        }
+        net
+    }
+
+    /// Runs a local operation on `at`; returns its token.
+    fn op(&mut self, at: &str, op: LocalOp) -> u64 {
+        self.next_token += 1;
+        let token = self.next_token;
+        let now = self.now;
+        let (peers, store) = self.nodes.get_mut(at).unwrap();
+        peers.handle_local(token, op, now, 1_000, store);
+        self.collect(at);
+        token
+    }
+
+    fn collect(&mut self, at: &str) {
+        let (peers, _) = self.nodes.get_mut(at).unwrap();
+        while let Some(output) = peers.poll_output() {
+            match output {
+                PeersOutput::Request { rpc, to, bytes } => {
+                    self.requests
+                        .push((rpc, at.to_owned(), to.as_str().to_owned(), bytes));
+                }
+                PeersOutput::Reply { token, result } => {
+                    self.replies.insert((at.to_owned(), token), result);
+                }
+                PeersOutput::Event(event) => self.events.push((at.to_owned(), event)),
+                PeersOutput::Publish { .. } => {}
+            }
+        }
+    }
+
+    fn create(&mut self, at: &str, name: &str) {
+        let token = self.op(
+            at,
+            LocalOp::CreatePod {
+                name: pod(name),
+                parent: None,
+            },
+        );
+        assert!(self.reply(at, token).is_ok());
+    }
+
+    fn reply(&self, at: &str, token: u64) -> Result<LocalReply, PeerError> {
+        self.replies
+            .get(&(at.to_owned(), token))
+            .cloned()
+            .expect("a reply for this token")
+    }
+
+    /// Carries the oldest request to its node and its answer back, unless `lose_answer`.
+    fn carry_one(&mut self, lose_answer: bool) {
+        let (rpc, from, to, bytes) = self.requests.remove(0);
+        let now = self.now;
+        let answer = {
+            let (peers, store) = self.nodes.get_mut(&to).unwrap();
+            peers.handle_request(&node(&from), &bytes, now, 2_000, store)
+        };
+        self.collect(&to);
+        if !lose_answer {
+            let (peers, store) = self.nodes.get_mut(&from).unwrap();
+            peers.handle_response(rpc, answer.as_deref(), now, store);
+            self.collect(&from);
+        }
+    }
+
+    /// Carries requests until none is left (each answer delivered).
+    fn settle(&mut self) {
+        let mut steps = 0;
+        while !self.requests.is_empty() {
+            self.carry_one(false);
+            steps += 1;
+            assert!(steps < 100, "the exchange does not settle");
+        }
+    }
+
+    /// Advances time to `t` and fires due timers everywhere.
+    fn advance(&mut self, by: Duration) {
+        self.now = self.now + by;
+        let now = self.now;
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            let (peers, store) = self.nodes.get_mut(&name).unwrap();
+            peers.handle_timeout(now, store);
+            self.collect(&name);
+        }
+    }
+
+    /// Crashes `at` and restarts it from its store (unsent outputs and timers are lost).
+    fn restart(&mut self, at: &str) {
+        self.requests.retain(|(_, from, _, _)| from != at);
+        let (_, store) = self.nodes.remove(at).unwrap();
+        let peers = Peers::load(node(at), 2, PeersConfig::default(), &store, self.now).unwrap();
+        self.nodes.insert(at.to_owned(), (peers, store));
+        self.collect(at);
+    }
+
+    fn peers_of(&self, at: &str, name: &str) -> Vec<String> {
+        self.nodes[at]
+            .0
+            .pod(&pod(name))
+            .unwrap()
+            .peers
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn store_mut(&mut self, at: &str) -> &mut MemStore {
+        &mut self.nodes.get_mut(at).unwrap().1
+    }
+
+    fn logged(&self, at: &str) -> usize {
+        self.nodes[at].0.handshakes_logged()
+    }
+}
+
+fn two_pods() -> Net {
+    let mut net = Net::new(&[N1, N2]);
+    net.create(N1, "a");
+    net.create(N2, "b");
+    net
+}
+
+fn register(net: &mut Net) -> u64 {
+    net.op(
+        N1,
+        LocalOp::RegisterPeer {
+            pod: pod("a"),
+            target: addr("b@n2"),
+        },
+    )
+}
+
+#[test]
+fn same_node_pods_become_peers_in_one_transaction() {
+    // Both directions are written by one batch: one store write for the whole relation.
+    let mut net = Net::new(&[N1]);
+    net.create(N1, "a");
+    net.create(N1, "b");
+    let writes = net.nodes[N1].1.writes();
+    let token = net.op(
+        N1,
+        LocalOp::RegisterPeer {
+            pod: pod("a"),
+            target: addr("b@n1"),
+        },
+    );
+    assert!(matches!(
+        net.reply(N1, token),
+        Ok(LocalReply::PeerRegistered { .. })
+    ));
+    assert_eq!(net.nodes[N1].1.writes(), writes + 1);
+    assert_eq!(net.peers_of(N1, "a"), ["b@n1"]);
+    assert_eq!(net.peers_of(N1, "b"), ["a@n1"]);
+}
+
+#[test]
+fn a_cross_node_handshake_records_the_relation_on_both_sides() {
+    // Prepare, Prepared, commit, Commit, Acked: both logs empty, both Pods list each other.
+    let mut net = two_pods();
+    let token = register(&mut net);
+    net.settle();
+    assert_eq!(
+        net.reply(N1, token),
+        Ok(LocalReply::PeerRegistered {
+            source: addr("a@n1"),
+            peer: addr("b@n2")
+        })
+    );
+    assert_eq!(net.peers_of(N1, "a"), ["b@n2"]);
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"]);
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+    // Clients attached to either Pod hear of it.
+    assert!(
+        net.events
+            .iter()
+            .any(|(n, e)| n == N1 && matches!(e, PodEvent::PeerRegistered { .. }))
+    );
+    assert!(
+        net.events
+            .iter()
+            .any(|(n, e)| n == N2 && matches!(e, PodEvent::PeerRegistered { .. }))
+    );
+}
+
+#[test]
+fn unregister_removes_the_relation_on_both_sides() {
+    // The same exchange, removing.
+    let mut net = two_pods();
+    register(&mut net);
+    net.settle();
+    let token = net.op(
+        N1,
+        LocalOp::UnregisterPeer {
+            pod: pod("a"),
+            target: addr("b@n2"),
+        },
+    );
+    net.settle();
+    assert!(matches!(
+        net.reply(N1, token),
+        Ok(LocalReply::PeerUnregistered { .. })
+    ));
+    assert!(net.peers_of(N1, "a").is_empty());
+    assert!(net.peers_of(N2, "b").is_empty());
+}
+
+#[test]
+fn refusals_come_in_order_with_their_codes_and_change_nothing() {
+    // Running source, self, missing source and missing target are each refused cleanly.
+    let mut net = two_pods();
+    let token = net.op(
+        N1,
+        LocalOp::SetStatus {
+            name: pod("a"),
+            status: PodStatus::Running,
+        },
+    );
+    assert!(net.reply(N1, token).is_ok());
+    let token = register(&mut net);
+    assert_eq!(
+        net.reply(N1, token).unwrap_err().code,
+        ErrorCode::AlreadyRunning
+    );
+    net.op(
+        N1,
+        LocalOp::SetStatus {
+            name: pod("a"),
+            status: PodStatus::Paused,
+        },
+    );
+
+    let token = net.op(
+        N1,
+        LocalOp::RegisterPeer {
+            pod: pod("a"),
+            target: addr("a@n1"),
+        },
+    );
+    let error = net.reply(N1, token).unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidRequest);
+    assert!(
+        error
+            .message
+            .contains("cannot be registered as a peer of itself")
+    );
+
+    let token = net.op(
+        N1,
+        LocalOp::RegisterPeer {
+            pod: pod("zz"),
+            target: addr("b@n2"),
+        },
+    );
+    assert_eq!(net.reply(N1, token).unwrap_err().code, ErrorCode::NotFound);
+
+    let token = net.op(
+        N1,
+        LocalOp::RegisterPeer {
+            pod: pod("a"),
+            target: addr("nobody@n2"),
+        },
+    );
+    net.settle();
+    assert_eq!(net.reply(N1, token).unwrap_err().code, ErrorCode::NotFound);
+    assert!(net.peers_of(N1, "a").is_empty());
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+}
+
+#[test]
+fn a_lost_prepared_answer_aborts_and_the_participant_restores_its_pod() {
+    // The participant applied Prepare, the answer never came back: the user hears
+    // `unreachable`, and after Abort both sides are exactly as before.
+    let mut net = two_pods();
+    let token = register(&mut net);
+    net.carry_one(true);
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"], "prepared, not yet settled");
+    net.advance(PeersConfig::default().rpc_timeout);
+    assert_eq!(
+        net.reply(N1, token).unwrap_err().code,
+        ErrorCode::Unreachable
+    );
+    net.settle();
+    assert!(net.peers_of(N1, "a").is_empty());
+    assert!(net.peers_of(N2, "b").is_empty());
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+}
+
+#[test]
+fn an_aborted_register_keeps_a_relation_that_existed_before() {
+    // Re-registering an existing pair and losing the answer must not remove the old relation.
+    let mut net = two_pods();
+    register(&mut net);
+    net.settle();
+    let token = register(&mut net);
+    net.carry_one(true);
+    net.advance(PeersConfig::default().rpc_timeout);
+    assert!(net.reply(N1, token).is_err());
+    net.settle();
+    assert_eq!(net.peers_of(N1, "a"), ["b@n2"]);
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"]);
+}
+
+#[test]
+fn a_coordinator_crash_before_commit_is_a_presumed_abort() {
+    // The coordinator dies after the participant prepared: on restart it aborts.
+    let mut net = two_pods();
+    register(&mut net);
+    net.carry_one(true);
+    net.restart(N1);
+    net.advance(Duration::ZERO);
+    net.settle();
+    assert!(net.peers_of(N1, "a").is_empty());
+    assert!(net.peers_of(N2, "b").is_empty());
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+}
+
+#[test]
+fn a_coordinator_crash_after_commit_resends_commit() {
+    // Committed on the coordinator, Commit lost, coordinator restarts: Commit goes again.
+    let mut net = two_pods();
+    let token = register(&mut net);
+    net.carry_one(false); // Prepare -> Prepared -> commit
+    assert!(net.reply(N1, token).is_ok());
+    assert_eq!(net.requests.len(), 1, "the Commit request");
+    net.restart(N1);
+    assert_eq!(net.logged(N2), 1);
+    net.advance(Duration::ZERO);
+    net.settle();
+    assert_eq!(net.peers_of(N1, "a"), ["b@n2"]);
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"]);
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+}
+
+#[test]
+fn a_participant_that_waits_too_long_asks_the_coordinator() {
+    // Commit keeps getting lost; the participant's Query learns the outcome.
+    let mut net = two_pods();
+    register(&mut net);
+    net.carry_one(false);
+    net.requests.clear(); // the Commit is lost
+    net.advance(PeersConfig::default().participant_wait);
+    let query = net
+        .requests
+        .iter()
+        .position(|(_, from, _, _)| from == N2)
+        .expect("a Query");
+    let request = net.requests.remove(query);
+    net.requests.insert(0, request);
+    net.carry_one(false);
+    assert_eq!(net.logged(N2), 0, "settled by the Query");
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"]);
+    // The coordinator's own Commit re-send is acknowledged as already settled.
+    net.advance(PeersConfig::default().rpc_timeout);
+    net.advance(PeersConfig::default().resend_interval);
+    net.settle();
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+}
+
+#[test]
+fn a_failed_write_on_the_participant_rejects_with_nothing_changed() {
+    // B's node cannot write: Rejected, and neither side changes.
+    let mut net = two_pods();
+    net.store_mut(N2).fail_next_writes(1);
+    let token = register(&mut net);
+    net.settle();
+    assert_eq!(net.reply(N1, token).unwrap_err().code, ErrorCode::Internal);
+    assert!(net.peers_of(N1, "a").is_empty());
+    assert!(net.peers_of(N2, "b").is_empty());
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+}
+
+#[test]
+fn a_failed_commit_write_on_the_coordinator_aborts_both_sides() {
+    // Prepared arrives but the coordinator cannot write its commit: failure, then Abort.
+    let mut net = two_pods();
+    let token = register(&mut net);
+    net.store_mut(N1).fail_next_writes(1);
+    net.settle();
+    assert_eq!(net.reply(N1, token).unwrap_err().code, ErrorCode::Internal);
+    assert!(net.peers_of(N1, "a").is_empty());
+    assert!(net.peers_of(N2, "b").is_empty());
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+}
+
+#[test]
+fn concurrent_requests_on_one_pair_are_serialised() {
+    // While a handshake on (a, b) is in flight, a second one from either side is `busy`.
+    let mut net = two_pods();
+    register(&mut net);
+    let second = register(&mut net);
+    assert_eq!(net.reply(N1, second).unwrap_err().code, ErrorCode::Busy);
+    net.carry_one(false); // n2 now holds a participant entry until Commit arrives
+    let reverse = net.op(
+        N2,
+        LocalOp::RegisterPeer {
+            pod: pod("b"),
+            target: addr("a@n1"),
+        },
+    );
+    assert_eq!(net.reply(N2, reverse).unwrap_err().code, ErrorCode::Busy);
+    net.settle();
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"]);
+}
+
+#[test]
+fn a_prepare_that_claims_another_node_is_rejected() {
+    // n2 receives a Prepare from n3 that says it comes from a@n1: refused, nothing changed.
+    let mut net = Net::new(&[N1, N2, "n3"]);
+    net.create(N2, "b");
+    let forged = PeerRequest::Prepare {
+        id: RequestId {
+            node: node(N1),
+            incarnation: 1,
+            seq: 1,
+        },
+        source: addr("a@n1"),
+        target: pod("b"),
+        op: PeerOp::Register,
+    };
+    let now = net.now;
+    let (peers, store) = net.nodes.get_mut(N2).unwrap();
+    let answer = peers
+        .handle_request(&node("n3"), &codec::encode_peer(&forged), now, 0, store)
+        .unwrap();
+    let answer: PeerResponse = codec::decode_peer(&answer, RESPONSE_SIZE_MAX).unwrap();
+    assert!(matches!(
+        answer,
+        PeerResponse::Rejected(PeerError {
+            code: ErrorCode::InvalidRequest,
+            ..
+        })
+    ));
+    assert_eq!(peers.counters().identity_mismatches, 1);
+    assert!(net.peers_of(N2, "b").is_empty());
+}
+
+fn peered() -> Net {
+    let mut net = two_pods();
+    register(&mut net);
+    net.settle();
+    net
+}
+
+fn send(net: &mut Net, body: &str) -> u64 {
+    net.op(
+        N1,
+        LocalOp::Send {
+            pod: pod("a"),
+            target: addr("b@n2"),
+            body: body.to_owned(),
+            live: true,
+        },
+    )
+}
+
+fn inbox(net: &mut Net, at: &str, name: &str) -> Vec<InboxEntry> {
+    let token = net.op(
+        at,
+        LocalOp::Inbox {
+            pod: pod(name),
+            drain: false,
+        },
+    );
+    match net.reply(at, token) {
+        Ok(LocalReply::Inbox(entries)) => entries,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_message_is_acknowledged_only_once_stored_and_labelled_by_the_sender_node() {
+    // Delivered means in B's inbox, with the sender as authenticated, and a notification.
+    let mut net = peered();
+    let token = send(&mut net, "hello");
+    net.settle();
+    assert!(matches!(
+        net.reply(N1, token),
+        Ok(LocalReply::Delivered { .. })
+    ));
+    let entries = inbox(&mut net, N2, "b");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (
+            entries[0].from.to_string().as_str(),
+            entries[0].body.as_str()
+        ),
+        ("a@n1", "hello")
+    );
+    assert_eq!(entries[0].received_at_ms, 2_000);
+    assert!(
+        net.events
+            .iter()
+            .any(|(n, e)| n == N2 && matches!(e, PodEvent::Notification { .. }))
+    );
+}
+
+#[test]
+fn a_retried_message_is_stored_exactly_once() {
+    // The Delivered answer is lost; the retry carries the same id and is not stored twice.
+    let mut net = peered();
+    let token = send(&mut net, "once");
+    net.carry_one(true);
+    net.advance(PeersConfig::default().rpc_timeout);
+    net.settle();
+    assert!(matches!(
+        net.reply(N1, token),
+        Ok(LocalReply::Delivered { .. })
+    ));
+    assert_eq!(inbox(&mut net, N2, "b").len(), 1);
+    assert_eq!(net.nodes[N2].0.counters().duplicates, 1);
+}
+
+#[test]
+fn messages_survive_a_restart_of_the_receiver() {
+    // The inbox is durable.
+    let mut net = peered();
+    send(&mut net, "durable");
+    net.settle();
+    net.restart(N2);
+    let entries = inbox(&mut net, N2, "b");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].body, "durable");
+}
+
+#[test]
+fn only_peers_may_deliver() {
+    // A Pod on n3 that is not b's peer is refused, whatever it claims.
+    let mut net = Net::new(&[N1, N2, "n3"]);
+    net.create(N2, "b");
+    net.create("n3", "a");
+    let deliver = PeerRequest::Deliver {
+        id: RequestId {
+            node: node("n3"),
+            incarnation: 1,
+            seq: 1,
+        },
+        from: pod("a"),
+        to: pod("b"),
+        body: "hi".into(),
+    };
+    let now = net.now;
+    let (peers, store) = net.nodes.get_mut(N2).unwrap();
+    let answer = peers
+        .handle_request(&node("n3"), &codec::encode_peer(&deliver), now, 0, store)
+        .unwrap();
+    let answer: PeerResponse = codec::decode_peer(&answer, RESPONSE_SIZE_MAX).unwrap();
+    assert!(matches!(
+        answer,
+        PeerResponse::Rejected(PeerError {
+            code: ErrorCode::NotFound,
+            ..
+        })
+    ));
+    assert!(inbox(&mut net, N2, "b").is_empty());
+}
+
+#[test]
+fn a_full_inbox_refuses_instead_of_dropping() {
+    // inbox_len_max messages fit; the next is refused with inbox_full and the sender hears it.
+    let mut net = peered();
+    let max = PeersConfig::default().inbox_len_max;
+    for i in 0..max {
+        send(&mut net, &format!("m{i}"));
+        net.settle();
+    }
+    let token = send(&mut net, "one too many");
+    net.settle();
+    assert_eq!(net.reply(N1, token).unwrap_err().code, ErrorCode::InboxFull);
+    assert_eq!(inbox(&mut net, N2, "b").len(), max);
+    // Draining makes room again.
+    net.op(
+        N2,
+        LocalOp::Inbox {
+            pod: pod("b"),
+            drain: true,
+        },
+    );
+    let token = send(&mut net, "fits now");
+    net.settle();
+    assert!(net.reply(N1, token).is_ok());
+}
+
+#[test]
+fn a_message_over_the_size_limit_is_refused_before_sending() {
+    // message_size_max is checked at the sender.
+    let mut net = peered();
+    let body = "x".repeat(PeersConfig::default().message_size_max + 1);
+    let token = send(&mut net, &body);
+    assert_eq!(
+        net.reply(N1, token).unwrap_err().code,
+        ErrorCode::InvalidRequest
+    );
+    assert!(net.requests.is_empty());
+}
+
+#[test]
+fn sending_to_a_peer_that_is_not_live_fails_at_once() {
+    // The driver says the target is not live: `not_live`, nothing sent.
+    let mut net = peered();
+    let token = net.op(
+        N1,
+        LocalOp::Send {
+            pod: pod("a"),
+            target: addr("b@n2"),
+            body: "x".into(),
+            live: false,
+        },
+    );
+    let error = net.reply(N1, token).unwrap_err();
+    assert_eq!(error.code, ErrorCode::NotLive);
+    assert_eq!(error.message, "peer pod b@n2 is not live");
+    assert!(net.requests.is_empty());
+}
+
+#[test]
+fn an_unreachable_receiver_fails_after_the_retry_bound() {
+    // delivery_attempts tries, each timing out, then `unreachable`.
+    let mut net = peered();
+    let token = send(&mut net, "void");
+    for _ in 0..PeersConfig::default().delivery_attempts {
+        assert_eq!(net.requests.len(), 1);
+        net.requests.clear();
+        net.advance(PeersConfig::default().rpc_timeout);
+    }
+    assert_eq!(
+        net.reply(N1, token).unwrap_err().code,
+        ErrorCode::Unreachable
+    );
+    assert!(net.requests.is_empty());
+}
+
+#[test]
+fn a_pod_with_peers_cannot_be_removed() {
+    // Removing it would leave one-sided relations behind.
+    let mut net = peered();
+    let token = net.op(N1, LocalOp::RemovePod { name: pod("a") });
+    assert_eq!(
+        net.reply(N1, token).unwrap_err().code,
+        ErrorCode::InvalidRequest
+    );
+    net.op(
+        N1,
+        LocalOp::UnregisterPeer {
+            pod: pod("a"),
+            target: addr("b@n2"),
+        },
+    );
+    net.settle();
+    let token = net.op(N1, LocalOp::RemovePod { name: pod("a") });
+    assert_eq!(net.reply(N1, token), Ok(LocalReply::Removed));
+}
+
+#[test]
+fn spawned_children_are_tracked_and_reclaimed_separately_from_peers() {
+    // A child appears in its parent's spawned_children, and moves to reclaimed on removal.
+    let mut net = Net::new(&[N1]);
+    net.create(N1, "parent");
+    let token = net.op(
+        N1,
+        LocalOp::CreatePod {
+            name: pod("child"),
+            parent: Some(pod("parent")),
+        },
+    );
+    assert!(net.reply(N1, token).is_ok());
+    let parent = net.nodes[N1].0.pod(&pod("parent")).unwrap().clone();
+    assert!(parent.spawned_children.contains(&pod("child")) && parent.peers.is_empty());
+    net.op(N1, LocalOp::RemovePod { name: pod("child") });
+    let parent = net.nodes[N1].0.pod(&pod("parent")).unwrap().clone();
+    assert!(parent.spawned_children.is_empty());
+    assert!(parent.reclaimed_children.contains(&pod("child")));
+}
+
+#[test]
+fn the_pod_bound_is_reached_and_refused() {
+    // pods_max Pods fit on a node; one more is refused.
+    let mut net = Net::new(&[N1]);
+    let max = PeersConfig::default().pods_max;
+    for i in 0..max {
+        net.create(N1, &format!("p{i}"));
+    }
+    let token = net.op(
+        N1,
+        LocalOp::CreatePod {
+            name: pod("extra"),
+            parent: None,
+        },
+    );
+    assert_eq!(
+        net.reply(N1, token).unwrap_err().code,
+        ErrorCode::InvalidRequest
+    );
+}
+
+#[test]
+fn the_handshake_bound_is_reached_and_answered_busy() {
+    // handshakes_max handshakes may be in flight; the next one is `busy`.
+    let mut net = Net::new(&[N1, N2]);
+    let max = PeersConfig::default().handshakes_max;
+    net.create(N2, "b");
+    for i in 0..=max {
+        net.create(N1, &format!("a{i}"));
+    }
+    for i in 0..max {
+        let token = net.op(
+            N1,
+            LocalOp::RegisterPeer {
+                pod: pod(&format!("a{i}")),
+                target: addr("b@n2"),
+            },
+        );
+        assert!(!net.replies.contains_key(&(N1.to_owned(), token)));
+    }
+    let token = net.op(
+        N1,
+        LocalOp::RegisterPeer {
+            pod: pod(&format!("a{max}")),
+            target: addr("b@n2"),
+        },
+    );
+    assert_eq!(net.reply(N1, token).unwrap_err().code, ErrorCode::Busy);
+}
+
+#[test]
+fn garbage_requests_and_answers_are_counted_and_dropped() {
+    // Arbitrary bytes never panic and never change state.
+    let mut net = two_pods();
+    let now = net.now;
+    let (peers, store) = net.nodes.get_mut(N2).unwrap();
+    for bytes in [
+        &b""[..],
+        b"\x01",
+        b"\x01\xff\xff\xff",
+        b"\x02\x00",
+        &[1u8; 300],
+    ] {
+        assert!(
+            peers
+                .handle_request(&node(N1), bytes, now, 0, store)
+                .is_none()
+        );
+        peers.handle_response(99, Some(bytes), now, store);
+    }
+    assert_eq!(peers.counters().bad_requests, 5);
+    assert!(net.peers_of(N2, "b").is_empty());
+}
