@@ -73,6 +73,8 @@ pub use peers::{
     ErrorCode, InboxEntry, LocalOp, LocalReply, PeerError, PeerOp, PeerRequest, PeerResponse,
     Peers, PeersConfig, PeersCounters, PeersOutput, PodEvent, RequestId,
 };
-pub use pod::{InvalidPod, POD_NAME_LEN_MAX, PodAddr, PodName, PodRecord, PodStatus};
+pub use pod::{
+    InvalidPod, POD_NAME_LEN_MAX, POD_STATE_PREFIX, PodAddr, PodName, PodRecord, PodStatus,
+};
 pub use store::{MemStore, Row, Store, StoreError, Table, WriteBatch, WriteOp};
 pub use time::Time;

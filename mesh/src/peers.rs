@@ -58,8 +58,13 @@ pub struct PeersConfig {
     pub dedupe_ids_max: usize,
     /// Pods one node hosts.
     pub pods_max: usize,
-    /// Peers one Pod has.
+    /// Peers one Pod has. With `children_per_pod_max` it keeps a Pod record, gossiped as one
+    /// state value, under `Config::state_value_size_max` (16 KiB): a peer address takes at most
+    /// 130 bytes, a child name 65.
     pub peers_per_pod_max: usize,
+    /// Spawned children one Pod keeps, and reclaimed children it remembers (the oldest by name
+    /// forgotten first).
+    pub children_per_pod_max: usize,
     /// Handshakes in progress (coordinator and participant entries together).
     pub handshakes_max: usize,
     /// Outputs queued for the driver; past it the oldest requests are dropped (they time out
@@ -77,8 +82,11 @@ impl Default for PeersConfig {
             message_size_max: 64 * 1024,
             inbox_len_max: 1024,
             dedupe_ids_max: 16 * 1024,
-            pods_max: 1024,
-            peers_per_pod_max: 1024,
+            // One replicated state key per Pod, under `Config::state_keys_max` (1024) with room
+            // for the node's own keys.
+            pods_max: 1000,
+            peers_per_pod_max: 64,
+            children_per_pod_max: 32,
             handshakes_max: 256,
             output_queue_max: 4096,
         }
@@ -880,6 +888,15 @@ impl Peers {
             let Some(parent_record) = self.pods.get(parent) else {
                 return Some(Err(not_found_pod(parent)));
             };
+            if parent_record.spawned_children.len() >= self.config.children_per_pod_max {
+                return Some(Err(PeerError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "pod {parent} already has {} spawned children",
+                        self.config.children_per_pod_max
+                    ),
+                )));
+            }
             let mut parent_record = parent_record.clone();
             parent_record.spawned_children.insert(name.clone());
             parent_record.reclaimed_children.remove(&name);
@@ -927,6 +944,9 @@ impl Peers {
                 let mut p = p.clone();
                 p.spawned_children.remove(name);
                 p.reclaimed_children.insert(name.clone());
+                while p.reclaimed_children.len() > self.config.children_per_pod_max {
+                    p.reclaimed_children.pop_first();
+                }
                 p
             })
             .collect();

@@ -189,7 +189,25 @@ pub struct PodRecord {
     pub reclaimed_children: BTreeSet<PodName>,
 }
 
+/// Replicated state keys that carry Pod records start with this.
+pub const POD_STATE_PREFIX: &str = "pod/";
+
 impl PodRecord {
+    /// The replicated state key of this Pod: `pod/<name>`.
+    pub fn state_key(name: &PodName) -> String {
+        format!("{POD_STATE_PREFIX}{name}")
+    }
+
+    /// Encodes the record as a replicated state value.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::codec::encode_record(self)
+    }
+
+    /// Decodes a replicated state value; never panics on arbitrary bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        crate::codec::decode_record(bytes)
+    }
+
     /// A new idle Pod with no relations.
     pub fn new(name: PodName) -> Self {
         PodRecord {

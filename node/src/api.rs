@@ -47,27 +47,8 @@ pub struct Reply {
     pub data: Value,
 }
 
-/// Error codes of the `error` event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The request is malformed or its parameters are invalid.
-    InvalidRequest,
-    /// The Pod is running and cannot change its peers now.
-    AlreadyRunning,
-    /// A Pod, node or method does not exist.
-    NotFound,
-    /// The target is not live.
-    NotLive,
-    /// The target's node cannot be reached.
-    Unreachable,
-    /// Another request on the same pair is in progress.
-    Busy,
-    /// The target's inbox is full.
-    InboxFull,
-    /// Something failed inside the node.
-    Internal,
-}
+/// Error codes of the `error` event (shared with the peer protocol, which carries them).
+pub use podmesh_mesh::ErrorCode;
 
 /// An error reply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

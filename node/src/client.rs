@@ -27,7 +27,7 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The node answered with an error.
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] ApiError),
     /// The connection broke or the node sent something unreadable.
     #[error("local API: {0}")]

@@ -6,7 +6,7 @@
 //! [`Mesh::poll_timeout`], and carries out every [`Output`]. `Instant::now()` is read only in
 //! [`Clock`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use podmesh_certs::{Fingerprint, MeshTls, NodeIdentity};
 use podmesh_mesh::{
-    Command, Config, Event, Input, Member, MemberState, Mesh, Output, Target, Time,
+    Command, Config, Event, Input, LocalOp, LocalReply, Member, MemberState, Mesh, NodeName,
+    Output, POD_STATE_PREFIX, PeerError, Peers, PeersConfig, PeersOutput, PodAddr, PodEvent,
+    PodName, PodRecord, PodStatus, Target, Time,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -23,11 +25,19 @@ use tracing::{info, warn};
 use crate::api::{ApiError, ErrorCode, REQUEST_QUEUE_LEN_MAX, Reply, SOCKET_FILE};
 use crate::api_server::{self, ApiCall};
 use crate::config::Preset;
+use crate::directory::{self, Directory, DirectoryEntry};
 use crate::store::RedbStore;
 use crate::transport::{Channel, Destination, Inbound, Transport, TransportLimits};
 
 /// How long a leaving node keeps gossiping its `left` state before it exits.
 pub const LEAVE_GRACE_MAX: Duration = Duration::from_secs(3);
+/// Events kept per Pod while no client is attached, replayed as `alert`s on the next attach;
+/// past it the oldest are dropped (messages themselves stay in the durable inbox).
+pub const ALERTS_MAX: usize = 64;
+/// Local API calls waiting for a handshake or delivery to finish.
+pub const PENDING_CALLS_MAX: usize = 1024;
+/// Replicated state key of the node's own information.
+pub const NODE_INFO_KEY: &str = "node";
 
 /// Everything `podmesh node run` needs, resolved from flags, environment and file.
 #[derive(Clone, Debug)]
@@ -160,14 +170,30 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     // One line on stdout that scripts and tests can wait for.
     println!("podmesh node {node} listening on {bound} (advertising {advertise})");
 
+    let peers = Peers::load(
+        mesh.name().clone(),
+        mesh.incarnation(),
+        PeersConfig::default(),
+        mesh.store(),
+        clock.now(),
+    )
+    .context("loading pods and the peer handshake log")?;
     let mut actor = Actor {
         mesh,
+        peers,
         transport: transport.clone(),
         clock,
         mesh_name: identity.claim.mesh.to_string(),
         started_unix_ms: clock.unix_ms(Time::ZERO),
         stopping: None,
+        pending: BTreeMap::new(),
+        next_token: 0,
+        attached: BTreeMap::new(),
+        watchers: Vec::new(),
+        alerts: BTreeMap::new(),
+        updated_at: BTreeMap::new(),
     };
+    actor.publish_node_info();
     let result = actor.run(settings.join, inbound_rx, calls_rx).await;
     api_task.abort();
     let _ = std::fs::remove_file(&socket);
@@ -185,13 +211,31 @@ enum Stop {
     Now,
 }
 
+/// A local API call waiting for the Peers machine.
+#[derive(Debug)]
+struct PendingCall {
+    id: Option<u64>,
+    reply_tx: mpsc::Sender<Reply>,
+}
+
 struct Actor {
     mesh: Mesh<RedbStore>,
+    peers: Peers,
     transport: Transport,
     clock: Clock,
     mesh_name: String,
     started_unix_ms: u64,
     stopping: Option<Stop>,
+    pending: BTreeMap<u64, PendingCall>,
+    next_token: u64,
+    /// Clients attached to each local Pod.
+    attached: BTreeMap<PodName, Vec<mpsc::Sender<Reply>>>,
+    /// Clients that asked for member events only.
+    watchers: Vec<mpsc::Sender<Reply>>,
+    /// Events for Pods nobody is attached to, replayed as alerts.
+    alerts: BTreeMap<PodName, VecDeque<Reply>>,
+    /// When each replicated key last changed here.
+    updated_at: BTreeMap<(podmesh_mesh::NodeName, String), Time>,
 }
 
 impl Actor {
@@ -220,7 +264,11 @@ impl Actor {
                 }
                 None => {}
             }
-            let deadline = self.mesh.poll_timeout().map(|t| self.clock.instant(t));
+            let deadline = [self.mesh.poll_timeout(), self.peers.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| self.clock.instant(t));
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -233,6 +281,7 @@ impl Actor {
                 () = sleep => {
                     let now = self.clock.now();
                     self.mesh.handle_timeout(now);
+                    self.peers.handle_timeout(now, self.mesh.store_mut());
                 }
                 _ = sigint.recv() => self.leave(),
                 _ = sigterm.recv() => self.leave(),
@@ -269,57 +318,491 @@ impl Actor {
                 Ok(node) => Input::ConnectionLost { node },
                 Err(_) => return,
             },
+            Inbound::Request {
+                from,
+                bytes,
+                reply_tx,
+            } => {
+                let answer = match mesh_name(&from) {
+                    Ok(from) => {
+                        let wall = self.clock.unix_ms(now);
+                        self.peers
+                            .handle_request(&from, &bytes, now, wall, self.mesh.store_mut())
+                    }
+                    Err(_) => None,
+                };
+                let _ = reply_tx.send(answer);
+                return;
+            }
+            Inbound::Response { rpc, bytes } => {
+                self.peers
+                    .handle_response(rpc, bytes.as_deref(), now, self.mesh.store_mut());
+                return;
+            }
         };
         if let Err(e) = self.mesh.handle(input, now) {
             warn!(error = %e, "input refused");
         }
     }
 
-    /// Carries out everything the core asked for.
+    /// Carries out everything both state machines asked for, until neither has more.
     fn flush(&mut self) {
-        while let Some(output) = self.mesh.poll_output() {
-            match output {
-                Output::Datagram { to, bytes } => {
-                    if let Some(to) = destination(to) {
-                        self.transport.send(to, Channel::Datagram, bytes);
-                    }
-                }
-                Output::Message { to, bytes } => {
-                    if let Some(to) = destination(to) {
-                        self.transport.send(to, Channel::Stream, bytes);
-                    }
-                }
-                Output::Event(event) => log_event(&event),
+        loop {
+            let mut idle = true;
+            while let Some(output) = self.peers.poll_output() {
+                idle = false;
+                self.peers_output(output);
             }
+            while let Some(output) = self.mesh.poll_output() {
+                idle = false;
+                match output {
+                    Output::Datagram { to, bytes } => {
+                        if let Some(to) = destination(to) {
+                            self.transport.send(to, Channel::Datagram, bytes);
+                        }
+                    }
+                    Output::Message { to, bytes } => {
+                        if let Some(to) = destination(to) {
+                            self.transport.send(to, Channel::Stream, bytes);
+                        }
+                    }
+                    Output::Event(event) => self.mesh_event(event),
+                }
+            }
+            if idle {
+                return;
+            }
+        }
+    }
+
+    fn peers_output(&mut self, output: PeersOutput) {
+        match output {
+            PeersOutput::Request { rpc, to, bytes } => match self.mesh.member(&to) {
+                Some(member) => {
+                    let name = to.as_str().parse().ok();
+                    let to = Destination {
+                        addr: member.addr,
+                        name,
+                    };
+                    self.transport.request(rpc, to, bytes);
+                }
+                None => {
+                    let now = self.clock.now();
+                    self.peers
+                        .handle_response(rpc, None, now, self.mesh.store_mut());
+                }
+            },
+            PeersOutput::Reply { token, result } => {
+                if let Some(call) = self.pending.remove(&token) {
+                    let reply = match result {
+                        Ok(reply) => self.local_reply_json(call.id, reply),
+                        Err(error) => Reply::error(call.id, &api_error(error)),
+                    };
+                    let _ = call.reply_tx.try_send(reply);
+                }
+            }
+            PeersOutput::Publish { pod, record } => {
+                let key = PodRecord::state_key(&pod);
+                let command = match record {
+                    Some(record) => Command::PutState {
+                        key,
+                        value: record.encode(),
+                    },
+                    None => Command::DeleteState { key },
+                };
+                let now = self.clock.now();
+                if let Err(e) = self.mesh.handle(Input::Command(command), now) {
+                    warn!(pod = %pod, error = %e, "cannot gossip the pod record");
+                }
+            }
+            PeersOutput::Event(event) => self.pod_event(event),
+        }
+    }
+
+    fn mesh_event(&mut self, event: Event) {
+        log_event(&event);
+        let now = self.clock.now();
+        let data = match &event {
+            Event::StateChanged { node, key } => {
+                self.updated_at.insert((node.clone(), key.clone()), now);
+                return;
+            }
+            Event::MemberAlive {
+                node, incarnation, ..
+            } => (node, "alive", incarnation),
+            Event::MemberSuspect { node, incarnation } => (node, "suspect", incarnation),
+            Event::MemberDead { node, incarnation } => (node, "dead", incarnation),
+            Event::MemberLeft { node, incarnation } => (node, "left", incarnation),
+        };
+        let reply = Reply::ok(
+            None,
+            "member",
+            json!({ "name": data.0.as_str(), "state": data.1, "incarnation": data.2 }),
+        );
+        let mut targets: Vec<mpsc::Sender<Reply>> = self.watchers.clone();
+        targets.extend(self.attached.values().flatten().cloned());
+        for tx in targets {
+            let _ = tx.try_send(reply.clone());
+        }
+    }
+
+    fn pod_event(&mut self, event: PodEvent) {
+        let (pod, reply) = match event {
+            PodEvent::PeerRegistered { pod, source, peer } => (
+                pod,
+                Reply::ok(
+                    None,
+                    "peer_registered",
+                    json!({ "source": source.to_string(), "peer": peer.to_string() }),
+                ),
+            ),
+            PodEvent::PeerUnregistered { pod, source, peer } => (
+                pod,
+                Reply::ok(
+                    None,
+                    "peer_unregistered",
+                    json!({ "source": source.to_string(), "peer": peer.to_string() }),
+                ),
+            ),
+            PodEvent::Notification { pod, entry } => (
+                pod,
+                Reply::ok(
+                    None,
+                    "notification",
+                    json!({
+                        "from": entry.from.to_string(),
+                        "message": entry.body,
+                        "id": entry.id.to_string(),
+                        "received_at": entry.received_at_ms,
+                    }),
+                ),
+            ),
+            PodEvent::StatusChanged { pod, status } => (
+                pod.clone(),
+                Reply::ok(
+                    None,
+                    "status",
+                    json!({ "pod": pod.as_str(), "status": status.as_str() }),
+                ),
+            ),
+        };
+        let clients = self.attached.entry(pod.clone()).or_default();
+        // A client whose queue is full or gone is detached rather than silently skipped.
+        clients.retain(|tx| tx.try_send(reply.clone()).is_ok());
+        if clients.is_empty() {
+            let alerts = self.alerts.entry(pod).or_default();
+            if alerts.len() >= ALERTS_MAX {
+                alerts.pop_front();
+            }
+            alerts.push_back(reply);
         }
     }
 
     fn call(&mut self, call: ApiCall) {
         let id = call.request.id;
-        let reply = match self.answer(&call.request.method) {
-            Ok((event, data)) => Reply::ok(id, event, data),
-            Err(error) => Reply::error(id, &error),
-        };
-        // A client too slow to take its own reply is dropped by its writer, not waited for.
-        let _ = call.reply_tx.try_send(reply);
+        let params = call.request.params.clone();
+        match self.answer(&call.request.method, &params, &call.reply_tx, id) {
+            Ok(Answer::Now(event, data)) => {
+                let _ = call.reply_tx.try_send(Reply::ok(id, event, data));
+            }
+            Ok(Answer::Sent) => {}
+            Ok(Answer::Local(op)) => {
+                if self.pending.len() >= PENDING_CALLS_MAX {
+                    let error = ApiError::new(ErrorCode::Busy, "too many requests in progress");
+                    let _ = call.reply_tx.try_send(Reply::error(id, &error));
+                    return;
+                }
+                self.next_token += 1;
+                let token = self.next_token;
+                self.pending.insert(
+                    token,
+                    PendingCall {
+                        id,
+                        reply_tx: call.reply_tx,
+                    },
+                );
+                let now = self.clock.now();
+                let wall = self.clock.unix_ms(now);
+                self.peers
+                    .handle_local(token, op, now, wall, self.mesh.store_mut());
+            }
+            Err(error) => {
+                let _ = call.reply_tx.try_send(Reply::error(id, &error));
+            }
+        }
     }
 
-    fn answer(&mut self, method: &str) -> Result<(&'static str, Value), ApiError> {
+    fn answer(
+        &mut self,
+        method: &str,
+        params: &Value,
+        reply_tx: &mpsc::Sender<Reply>,
+        id: Option<u64>,
+    ) -> Result<Answer, ApiError> {
         match method {
-            "members" => Ok(("members", json!({ "members": self.members_json() }))),
-            "node_info" => Ok(("node_info", self.node_info())),
+            "members" => Ok(Answer::Now(
+                "members",
+                json!({ "members": self.members_json() }),
+            )),
+            "node_info" => Ok(Answer::Now("node_info", self.node_info())),
             "leave" => {
                 self.leave();
-                Ok(("leaving", json!({})))
+                Ok(Answer::Now("leaving", json!({})))
             }
             "shutdown" => {
                 self.stopping = Some(Stop::Now);
-                Ok(("shutting_down", json!({})))
+                Ok(Answer::Now("shutting_down", json!({})))
+            }
+            "pod_create" => {
+                let name = pod_param(params, "name")?;
+                let parent = match params.get("parent") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(pod_param(params, "parent")?),
+                };
+                Ok(Answer::Local(LocalOp::CreatePod { name, parent }))
+            }
+            "pod_remove" => Ok(Answer::Local(LocalOp::RemovePod {
+                name: pod_param(params, "name")?,
+            })),
+            "pod_status" => {
+                let name = pod_param(params, "name")?;
+                match params.get("status") {
+                    None | Some(Value::Null) => {
+                        let record = self.local_pod(&name)?;
+                        Ok(Answer::Now(
+                            "pod",
+                            directory::record_json(self.mesh.name(), record),
+                        ))
+                    }
+                    Some(status) => {
+                        let status: PodStatus = status
+                            .as_str()
+                            .unwrap_or_default()
+                            .parse()
+                            .map_err(|e: podmesh_mesh::InvalidPod| invalid(e.to_string()))?;
+                        Ok(Answer::Local(LocalOp::SetStatus { name, status }))
+                    }
+                }
+            }
+            "list_pods" => {
+                let name = pod_param(params, "pod")?;
+                let record = self.local_pod(&name)?.clone();
+                let me = PodAddr::new(name, self.mesh.name().clone());
+                let pods = directory::visible(&me, &record, &self.directory());
+                Ok(Answer::Now(
+                    "pods",
+                    json!({ "pod": me.to_string(), "pods": pods }),
+                ))
+            }
+            "directory" => {
+                let pods: Vec<Value> = self
+                    .directory()
+                    .iter()
+                    .map(|(addr, entry)| directory::entry_json(addr, None, Some(entry)))
+                    .collect();
+                Ok(Answer::Now("directory", json!({ "pods": pods })))
+            }
+            "register_peer" | "unregister_peer" => {
+                let (pod, target) = self.pod_and_target(params)?;
+                Ok(Answer::Local(if method == "register_peer" {
+                    LocalOp::RegisterPeer { pod, target }
+                } else {
+                    LocalOp::UnregisterPeer { pod, target }
+                }))
+            }
+            "send_to_peer" => {
+                let body = params
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("missing string parameter \"message\""))?
+                    .to_owned();
+                let pod = pod_param(params, "pod")?;
+                self.local_pod(&pod)?;
+                let name = str_param(params, "name")?;
+                let target = directory::resolve(name, self.mesh.name(), &self.directory())?;
+                let live = self
+                    .directory()
+                    .get(&target)
+                    .is_some_and(DirectoryEntry::live)
+                    || (target.node == *self.mesh.name()
+                        && self
+                            .peers
+                            .pod(&target.pod)
+                            .is_some_and(|p| p.status != PodStatus::Stopped));
+                Ok(Answer::Local(LocalOp::Send {
+                    pod,
+                    target,
+                    body,
+                    live,
+                }))
+            }
+            "inbox" => {
+                let pod = pod_param(params, "pod")?;
+                let drain = params
+                    .get("drain")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                Ok(Answer::Local(LocalOp::Inbox { pod, drain }))
+            }
+            "attach" => {
+                let pod = pod_param(params, "pod")?;
+                let record = self.local_pod(&pod)?.clone();
+                // The prelude: buffered alerts, then exactly one snapshot, then live events.
+                for alert in self.alerts.remove(&pod).unwrap_or_default() {
+                    let mut alert = alert;
+                    alert.data = json!({ "event": alert.event, "data": alert.data });
+                    alert.event = "alert".to_owned();
+                    let _ = reply_tx.try_send(alert);
+                }
+                let me = PodAddr::new(pod.clone(), self.mesh.name().clone());
+                let snapshot = json!({
+                    "pod": directory::record_json(self.mesh.name(), &record),
+                    "pods": directory::visible(&me, &record, &self.directory()),
+                    "members": self.members_json(),
+                });
+                let _ = reply_tx.try_send(Reply::ok(id, "snapshot", snapshot));
+                self.attached.entry(pod).or_default().push(reply_tx.clone());
+                Ok(Answer::Sent)
+            }
+            "watch" => {
+                self.watchers.retain(|tx| !tx.is_closed());
+                self.watchers.push(reply_tx.clone());
+                Ok(Answer::Now(
+                    "watching",
+                    json!({ "members": self.members_json() }),
+                ))
             }
             other => Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("unknown method {other:?}"),
             )),
+        }
+    }
+
+    /// The Pod and the resolved target of a peer request, checked in the documented order.
+    fn pod_and_target(&self, params: &Value) -> Result<(PodName, PodAddr), ApiError> {
+        let pod = pod_param(params, "pod")?;
+        if let Some(record) = self.peers.pod(&pod)
+            && !matches!(record.status, PodStatus::Idle | PodStatus::Paused)
+        {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyRunning,
+                format!(
+                    "pod {pod} is {}; peers change only while idle or paused",
+                    record.status.as_str()
+                ),
+            ));
+        }
+        let name = str_param(params, "name")?;
+        let target = directory::resolve(name, self.mesh.name(), &self.directory())?;
+        Ok((pod, target))
+    }
+
+    fn local_pod(&self, name: &PodName) -> Result<&PodRecord, ApiError> {
+        self.peers
+            .pod(name)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("pod {name} not found")))
+    }
+
+    /// Every Pod this node knows: its own, and those gossiped by live or dead members.
+    fn directory(&self) -> Directory {
+        let me = self.mesh.name().clone();
+        let states: BTreeMap<NodeName, MemberState> = self
+            .mesh
+            .members()
+            .into_iter()
+            .map(|m| (m.name, m.state))
+            .collect();
+        let mut directory = Directory::new();
+        for entry in self.mesh.entries() {
+            let Some(value) = entry.value else { continue };
+            if !entry.key.starts_with(POD_STATE_PREFIX) || *entry.owner == me {
+                continue;
+            }
+            let Ok(record) = PodRecord::decode(value) else {
+                continue;
+            };
+            let updated = self
+                .updated_at
+                .get(&(entry.owner.clone(), entry.key.to_owned()))
+                .copied()
+                .unwrap_or(Time::ZERO);
+            directory.insert(
+                PodAddr::new(record.name.clone(), entry.owner.clone()),
+                DirectoryEntry {
+                    node_state: states
+                        .get(entry.owner)
+                        .copied()
+                        .unwrap_or(MemberState::Dead),
+                    updated_at_ms: self.clock.unix_ms(updated),
+                    record,
+                },
+            );
+        }
+        for record in self.peers.pods() {
+            let key = (me.clone(), PodRecord::state_key(&record.name));
+            let updated = self.updated_at.get(&key).copied().unwrap_or(Time::ZERO);
+            directory.insert(
+                PodAddr::new(record.name.clone(), me.clone()),
+                DirectoryEntry {
+                    record: record.clone(),
+                    node_state: MemberState::Alive,
+                    updated_at_ms: self.clock.unix_ms(updated),
+                },
+            );
+        }
+        directory
+    }
+
+    fn local_reply_json(&self, id: Option<u64>, reply: LocalReply) -> Reply {
+        match reply {
+            LocalReply::Pod(record) => {
+                Reply::ok(id, "pod", directory::record_json(self.mesh.name(), &record))
+            }
+            LocalReply::Removed => Reply::ok(id, "removed", json!({})),
+            LocalReply::PeerRegistered { source, peer } => Reply::ok(
+                id,
+                "peer_registered",
+                json!({ "source": source.to_string(), "peer": peer.to_string() }),
+            ),
+            LocalReply::PeerUnregistered { source, peer } => Reply::ok(
+                id,
+                "peer_unregistered",
+                json!({ "source": source.to_string(), "peer": peer.to_string() }),
+            ),
+            LocalReply::Delivered { id: message } => {
+                Reply::ok(id, "delivered", json!({ "id": message.to_string() }))
+            }
+            LocalReply::Inbox(entries) => {
+                let messages: Vec<Value> = entries
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "from": e.from.to_string(),
+                            "message": e.body,
+                            "id": e.id.to_string(),
+                            "received_at": e.received_at_ms,
+                        })
+                    })
+                    .collect();
+                Reply::ok(id, "inbox", json!({ "messages": messages }))
+            }
+        }
+    }
+
+    fn publish_node_info(&mut self) {
+        let info = json!({
+            "address": self.mesh.addr().to_string(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at_ms": self.started_unix_ms,
+        });
+        let command = Command::PutState {
+            key: NODE_INFO_KEY.to_owned(),
+            value: info.to_string().into_bytes(),
+        };
+        let now = self.clock.now();
+        if let Err(e) = self.mesh.handle(Input::Command(command), now) {
+            warn!(error = %e, "cannot gossip the node information");
         }
     }
 
@@ -342,6 +825,7 @@ impl Actor {
 
     fn node_info(&self) -> Value {
         let counters = self.mesh.counters();
+        let peers = self.peers.counters();
         let stats = self.transport.stats();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         json!({
@@ -353,12 +837,20 @@ impl Actor {
             "started_at_ms": self.started_unix_ms,
             "local_health": self.mesh.local_health(),
             "connections": self.transport.connection_count(),
+            "pods": self.peers.pods().count(),
+            "handshakes_logged": self.peers.handshakes_logged(),
             "counters": {
                 "datagrams_sent": counters.datagrams_sent,
                 "messages_sent": counters.messages_sent,
                 "datagrams_received": counters.datagrams_received,
                 "messages_received": counters.messages_received,
-                "bad_frames": counters.bad_frames,
+                "bad_frames": counters.bad_frames + peers.bad_requests + peers.bad_responses,
+                "identity_mismatches": peers.identity_mismatches,
+                "handshakes_committed": peers.handshakes_committed,
+                "handshakes_aborted": peers.handshakes_aborted,
+                "messages_delivered": peers.messages_delivered,
+                "duplicate_messages": peers.duplicates,
+                "store_write_failures": counters.store_write_failures + peers.store_write_failures,
                 "sends_dropped": load(&stats.sends_dropped),
                 "connect_failures": load(&stats.connect_failures),
                 "handshakes_refused": load(&stats.handshakes_refused),
@@ -366,6 +858,37 @@ impl Actor {
             },
         })
     }
+}
+
+/// How the actor answers a call.
+enum Answer {
+    /// Reply now with this event and data.
+    Now(&'static str, Value),
+    /// Already replied (the attach prelude).
+    Sent,
+    /// Run on the Peers machine; the reply comes with its output.
+    Local(LocalOp),
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, message)
+}
+
+fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, ApiError> {
+    params
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("missing string parameter {key:?}")))
+}
+
+fn pod_param(params: &Value, key: &str) -> Result<PodName, ApiError> {
+    str_param(params, key)?
+        .parse()
+        .map_err(|e: podmesh_mesh::InvalidPod| invalid(e.to_string()))
+}
+
+fn api_error(error: PeerError) -> ApiError {
+    ApiError::new(error.code, error.message)
 }
 
 fn destination(target: Target) -> Option<Destination> {

@@ -9,5 +9,6 @@ pub mod api_server;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod directory;
 pub mod store;
 pub mod transport;

@@ -27,6 +27,8 @@ pub struct TransportLimits {
     pub sends_in_flight_max: usize,
     /// How long a dial may take before the send is dropped.
     pub connect_timeout: Duration,
+    /// How long a request on a bidirectional stream may take, dial included.
+    pub request_timeout: Duration,
     /// A connection unused this long is closed by QUIC.
     pub idle_timeout: Duration,
     /// Inbound frames queued towards the actor; when full, datagrams are dropped and stream
@@ -42,6 +44,8 @@ impl Default for TransportLimits {
             connections_max: 1024,
             sends_in_flight_max: 256,
             connect_timeout: Duration::from_secs(3),
+            // Below the peer protocol's own RPC deadline, so the transport reports first.
+            request_timeout: Duration::from_millis(2500),
             idle_timeout: Duration::from_secs(60),
             inbound_queue_len_max: 4096,
         }
@@ -64,6 +68,23 @@ pub enum Inbound {
         from: NodeName,
         /// The payload.
         bytes: Vec<u8>,
+    },
+    /// A peer-protocol request on a bidirectional stream; answer through `reply_tx` (`None`
+    /// resets the stream).
+    Request {
+        /// The sender, from its certificate.
+        from: NodeName,
+        /// The request frame.
+        bytes: Vec<u8>,
+        /// Where the answer goes.
+        reply_tx: tokio::sync::oneshot::Sender<Option<Vec<u8>>>,
+    },
+    /// The answer to an outbound request, or `None` when it failed.
+    Response {
+        /// The caller's request number.
+        rpc: u64,
+        /// The answer frame.
+        bytes: Option<Vec<u8>>,
     },
     /// The last connection to a node closed.
     ConnectionLost {
@@ -231,6 +252,47 @@ impl Transport {
         Ok(())
     }
 
+    /// Sends a request on a new bidirectional stream in the background; the answer (or `None`)
+    /// comes back to the actor as [`Inbound::Response`] with `rpc`.
+    pub fn request(&self, rpc: u64, to: Destination, bytes: Vec<u8>) {
+        let Ok(permit) = self.sends.clone().try_acquire_owned() else {
+            bump(&self.stats.sends_dropped);
+            let inbound_tx = self.inbound_tx.clone();
+            tokio::spawn(async move {
+                let _ = inbound_tx
+                    .send(Inbound::Response { rpc, bytes: None })
+                    .await;
+            });
+            return;
+        };
+        let transport = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let exchange = transport.exchange(&to, bytes);
+            let answer =
+                match tokio::time::timeout(transport.limits.request_timeout, exchange).await {
+                    Ok(Ok(answer)) => Some(answer),
+                    Ok(Err(e)) => {
+                        debug!(addr = %to.addr, node = ?to.name, error = %e, "request failed");
+                        None
+                    }
+                    Err(_) => None,
+                };
+            let _ = transport
+                .inbound_tx
+                .send(Inbound::Response { rpc, bytes: answer })
+                .await;
+        });
+    }
+
+    async fn exchange(&self, to: &Destination, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        let connection = self.connection(to).await?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(&bytes).await?;
+        send.finish()?;
+        Ok(recv.read_to_end(self.limits.frame_size_max).await?)
+    }
+
     /// Returns a live pooled connection to `to`, dialling if there is none.
     async fn connection(&self, to: &Destination) -> anyhow::Result<quinn::Connection> {
         if let Some(connection) = to.name.as_ref().and_then(|name| self.pooled(name)) {
@@ -308,6 +370,7 @@ impl Transport {
             self.clone()
                 .read_datagrams(name.clone(), connection.clone()),
         );
+        tokio::spawn(self.clone().read_requests(name.clone(), connection.clone()));
         tokio::spawn(self.clone().read_streams(name, connection));
     }
 
@@ -366,6 +429,44 @@ impl Transport {
                         warn!(node = %from, "stream frame over the size limit");
                     }
                     Err(e) => debug!(node = %from, error = %e, "stream read failed"),
+                }
+            });
+        }
+    }
+
+    async fn read_requests(self, from: NodeName, connection: quinn::Connection) {
+        while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let transport = self.clone();
+            let from = from.clone();
+            tokio::spawn(async move {
+                let bytes = match recv.read_to_end(transport.limits.frame_size_max).await {
+                    Ok(bytes) => bytes,
+                    Err(quinn::ReadToEndError::TooLong) => {
+                        bump(&transport.stats.frames_too_large);
+                        let _ = recv.stop(1u32.into());
+                        let _ = send.reset(1u32.into());
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+                let request = Inbound::Request {
+                    from,
+                    bytes,
+                    reply_tx,
+                };
+                if transport.inbound_tx.send(request).await.is_err() {
+                    return;
+                }
+                match tokio::time::timeout(transport.limits.request_timeout, reply_rx).await {
+                    Ok(Ok(Some(answer))) => {
+                        if send.write_all(&answer).await.is_ok() {
+                            let _ = send.finish();
+                        }
+                    }
+                    _ => {
+                        let _ = send.reset(1u32.into());
+                    }
                 }
             });
         }

@@ -795,3 +795,55 @@ fn garbage_requests_and_answers_are_counted_and_dropped() {
     assert_eq!(peers.counters().bad_requests, 5);
     assert!(net.peers_of(N2, "b").is_empty());
 }
+
+#[test]
+fn the_child_bound_is_reached_and_refused() {
+    // children_per_pod_max children fit under one parent; one more is refused.
+    let mut net = Net::new(&[N1]);
+    net.create(N1, "parent");
+    let max = PeersConfig::default().children_per_pod_max;
+    for i in 0..max {
+        let token = net.op(
+            N1,
+            LocalOp::CreatePod {
+                name: pod(&format!("c{i}")),
+                parent: Some(pod("parent")),
+            },
+        );
+        assert!(net.reply(N1, token).is_ok());
+    }
+    let token = net.op(
+        N1,
+        LocalOp::CreatePod {
+            name: pod("extra"),
+            parent: Some(pod("parent")),
+        },
+    );
+    assert_eq!(
+        net.reply(N1, token).unwrap_err().code,
+        ErrorCode::InvalidRequest
+    );
+}
+
+#[test]
+fn a_full_pod_record_fits_in_one_gossiped_state_value() {
+    // The worst-case record the bounds allow stays under the state value limit.
+    let config = PeersConfig::default();
+    let long_pod = |i: usize| -> PodName { format!("{i:0>64}").parse().unwrap() };
+    let long_node: NodeName = "n".repeat(63).parse().unwrap();
+    let mut record = PodRecord::new(long_pod(0));
+    for i in 0..config.peers_per_pod_max {
+        record
+            .peers
+            .insert(PodAddr::new(long_pod(i), long_node.clone()));
+    }
+    for i in 0..config.children_per_pod_max {
+        record.spawned_children.insert(long_pod(i));
+        record.reclaimed_children.insert(long_pod(1000 + i));
+    }
+    let size = codec::encode_record(&record).len();
+    assert!(
+        size <= crate::Config::lan().state_value_size_max,
+        "{size} bytes"
+    );
+}

@@ -18,13 +18,13 @@ pub(crate) struct Target {
     socket: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl Target {
     /// The socket to use: explicit, else from the data directory, else the only node under
     /// the default data root.
-    fn socket(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn socket(&self) -> anyhow::Result<PathBuf> {
         if let Some(socket) = &self.socket {
             return Ok(socket.clone());
         }
@@ -56,7 +56,7 @@ impl Target {
         }
     }
 
-    fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+    pub(crate) fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
         let socket = self.socket()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

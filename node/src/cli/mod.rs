@@ -3,6 +3,7 @@
 mod certs;
 mod client;
 mod node;
+mod pods;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,21 @@ enum Command {
     Node(NodeCommand),
     /// List the mesh members a node knows: name, address, state, incarnation, last change.
     Members(client::MembersArgs),
+    /// List Pods: every Pod the mesh knows, or those visible to one Pod (--pod).
+    Pods(pods::PodsArgs),
+    /// Create, remove, show or set the status of a Pod.
+    #[command(subcommand)]
+    Pod(pods::PodCommand),
+    /// Create a child Pod spawned by a parent Pod on the same node.
+    Spawn(pods::SpawnArgs),
+    /// Make two Pods peers, recorded durably on both nodes.
+    Peer(pods::PeerArgs),
+    /// Remove a peer relation on both nodes.
+    Unpeer(pods::PeerArgs),
+    /// Send a message to a peer Pod; succeeds once it is stored in the peer's inbox.
+    Send(pods::SendArgs),
+    /// Show a Pod's inbox (messages from its peers).
+    Inbox(pods::InboxArgs),
     /// Make a node leave the mesh gracefully (others see it as `left`, not dead) and stop.
     Leave(client::LeaveArgs),
 }
@@ -45,6 +61,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(NodeCommand::Run(args)) => node::run(args),
         Command::Node(NodeCommand::Info(args)) => client::info(args),
         Command::Members(args) => client::members(args),
+        Command::Pods(args) => pods::pods(args),
+        Command::Pod(command) => pods::pod(command),
+        Command::Spawn(args) => pods::spawn(args),
+        Command::Peer(args) => pods::peer(args, true),
+        Command::Unpeer(args) => pods::peer(args, false),
+        Command::Send(args) => pods::send(args),
+        Command::Inbox(args) => pods::inbox(args),
         Command::Leave(args) => client::leave(args),
     }
 }
