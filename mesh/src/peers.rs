@@ -220,6 +220,25 @@ pub enum PeerRequest {
     },
 }
 
+impl PeerRequest {
+    /// Encodes the request as the peer protocol sends it.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode_peer(self)
+    }
+
+    /// Decodes a request of at most `limit` bytes; never panics on arbitrary bytes.
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<Self, crate::DecodeError> {
+        codec::decode_peer(bytes, limit)
+    }
+}
+
+impl PeerResponse {
+    /// Decodes an answer; never panics on arbitrary bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        codec::decode_peer(bytes, RESPONSE_SIZE_MAX)
+    }
+}
+
 /// The answer to a [`PeerRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {

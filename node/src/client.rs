@@ -67,9 +67,18 @@ impl Client {
         })
     }
 
-    /// Sends a request and waits for its reply; events that arrive meanwhile are kept for
-    /// [`Client::next_event`].
+    /// Sends a request and waits for its reply; an error reply is an `Err`. Events that arrive
+    /// meanwhile are kept for [`Client::next_event`].
     pub async fn call(&mut self, method: &str, params: Value) -> Result<Reply, ClientError> {
+        let reply = self.request(method, params).await?;
+        match reply.as_error() {
+            Some(error) => Err(error.into()),
+            None => Ok(reply),
+        }
+    }
+
+    /// Sends a request and returns its reply as it came, error replies included.
+    pub async fn request(&mut self, method: &str, params: Value) -> Result<Reply, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = Request {
@@ -93,13 +102,9 @@ impl Client {
                 self.pending_events.push_back(reply);
             }
         };
-        let reply = tokio::time::timeout(REPLY_TIMEOUT, wait)
+        tokio::time::timeout(REPLY_TIMEOUT, wait)
             .await
-            .map_err(|_| ClientError::Protocol("no reply from the node in time".into()))??;
-        match reply.as_error() {
-            Some(error) => Err(error.into()),
-            None => Ok(reply),
-        }
+            .map_err(|_| ClientError::Protocol("no reply from the node in time".into()))?
     }
 
     /// The next event (a message without a request id, or a stray reply).

@@ -26,6 +26,7 @@ use crate::api::{ApiError, ErrorCode, REQUEST_QUEUE_LEN_MAX, Reply, SOCKET_FILE}
 use crate::api_server::{self, ApiCall};
 use crate::config::Preset;
 use crate::directory::{self, Directory, DirectoryEntry};
+use crate::faults::Faults;
 use crate::store::RedbStore;
 use crate::transport::{Channel, Destination, Inbound, Transport, TransportLimits};
 
@@ -154,6 +155,11 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     config.datagram_size_max = config.datagram_size_max.min(1100);
     let clock = Clock::new();
     let me = mesh_name(&node)?;
+    let mut faults = Faults::from_env()?;
+    let mut store = store;
+    if faults.fire("fail-handshake-write") {
+        store.fail_next_handshake_write();
+    }
     let mesh = Mesh::new(config, me, advertise, store, random_seed(), clock.now())
         .context("starting the membership core")?;
 
@@ -192,6 +198,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         watchers: Vec::new(),
         alerts: BTreeMap::new(),
         updated_at: BTreeMap::new(),
+        faults,
     };
     actor.publish_node_info();
     let result = actor.run(settings.join, inbound_rx, calls_rx).await;
@@ -236,6 +243,7 @@ struct Actor {
     alerts: BTreeMap<PodName, VecDeque<Reply>>,
     /// When each replicated key last changed here.
     updated_at: BTreeMap<(podmesh_mesh::NodeName, String), Time>,
+    faults: Faults,
 }
 
 impl Actor {
@@ -378,6 +386,16 @@ impl Actor {
     fn peers_output(&mut self, output: PeersOutput) {
         match output {
             PeersOutput::Request { rpc, to, bytes } => match self.mesh.member(&to) {
+                _ if request_kind(&bytes) == Some("prepare")
+                    && self.faults.fire("coordinator-after-intent") =>
+                {
+                    self.faults.crash_now("coordinator-after-intent");
+                }
+                _ if request_kind(&bytes) == Some("commit")
+                    && self.faults.fire("coordinator-after-commit") =>
+                {
+                    self.faults.crash_now("coordinator-after-commit");
+                }
                 Some(member) => {
                     let name = to.as_str().parse().ok();
                     let to = Destination {
@@ -868,6 +886,19 @@ enum Answer {
     Sent,
     /// Run on the Peers machine; the reply comes with its output.
     Local(LocalOp),
+}
+
+/// The kind of a peer request, for fault points and logs.
+fn request_kind(bytes: &[u8]) -> Option<&'static str> {
+    use podmesh_mesh::PeerRequest;
+    let request = PeerRequest::decode(bytes, crate::transport::TransportLimits::default().frame_size_max).ok()?;
+    Some(match request {
+        PeerRequest::Prepare { .. } => "prepare",
+        PeerRequest::Commit { .. } => "commit",
+        PeerRequest::Abort { .. } => "abort",
+        PeerRequest::Query { .. } => "query",
+        PeerRequest::Deliver { .. } => "deliver",
+    })
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {

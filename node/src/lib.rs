@@ -10,5 +10,6 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod directory;
+pub mod faults;
 pub mod store;
 pub mod transport;

@@ -54,6 +54,8 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    /// Set by a fault point: the next batch touching the handshake log fails.
+    fail_next_handshake_write: bool,
 }
 
 fn store_error(e: impl std::fmt::Display) -> StoreError {
@@ -82,7 +84,10 @@ impl RedbStore {
             txn.open_table(table).map_err(|e| other(&e))?;
         }
         txn.commit().map_err(|e| other(&e))?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            fail_next_handshake_write: false,
+        })
     }
 }
 
@@ -93,6 +98,13 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+impl RedbStore {
+    /// Makes the next batch that touches the handshake log fail, as a full disk would.
+    pub fn fail_next_handshake_write(&mut self) {
+        self.fail_next_handshake_write = true;
+    }
 }
 
 impl Store for RedbStore {
@@ -117,6 +129,17 @@ impl Store for RedbStore {
     fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        let touches_log = batch.ops().iter().any(|op| {
+            matches!(
+                op,
+                WriteOp::Put { table: Table::Handshakes, .. }
+                    | WriteOp::Delete { table: Table::Handshakes, .. }
+            )
+        });
+        if self.fail_next_handshake_write && touches_log {
+            self.fail_next_handshake_write = false;
+            return Err(StoreError::new("injected write failure"));
         }
         // Dropping an uncommitted transaction aborts it, so an error anywhere applies nothing.
         let txn = self.db.begin_write().map_err(store_error)?;

@@ -147,8 +147,18 @@ impl Cluster {
     /// Starts node `name` on an ephemeral loopback port, joining `join`, and waits until it
     /// listens.
     pub fn start(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
+        self.start_with(name, join, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra environment variables (fault points).
+    pub fn start_with(
+        &mut self,
+        name: &str,
+        join: &[SocketAddr],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<SocketAddr> {
         let certs_dir = self.issue(name, None)?;
-        self.spawn(name, certs_dir, "127.0.0.1:0".parse()?, join)
+        self.spawn_with(name, certs_dir, "127.0.0.1:0".parse()?, join, env)
     }
 
     /// Starts a node with certificates from `certs_dir` (possibly of another CA).
@@ -158,6 +168,18 @@ impl Cluster {
         certs_dir: PathBuf,
         listen: SocketAddr,
         join: &[SocketAddr],
+    ) -> anyhow::Result<SocketAddr> {
+        self.spawn_with(name, certs_dir, listen, join, &[])
+    }
+
+    /// Starts a node with extra environment variables.
+    pub fn spawn_with(
+        &mut self,
+        name: &str,
+        certs_dir: PathBuf,
+        listen: SocketAddr,
+        join: &[SocketAddr],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<SocketAddr> {
         let node_dir = self.dir.path().join(name);
         let data_dir = node_dir.join("data");
@@ -175,6 +197,7 @@ impl Cluster {
             ])
             .args(["--listen", &listen.to_string()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
@@ -249,6 +272,7 @@ impl Cluster {
     /// Restarts `name` on its old address and data directory, with the given seeds.
     pub fn restart(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
         self.kill(name);
+        // A process that crashed by itself is reaped by kill() above; start afresh.
         let (certs_dir, addr) = {
             let node = self.node(name);
             (node.certs_dir.clone(), node.addr)
@@ -273,6 +297,30 @@ impl Cluster {
         let out = podmesh(&full)?;
         ensure_success(&out, &args.join(" "))?;
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Calls the local API of `name` directly; returns the reply data, or the error's
+    /// `(code, message)`.
+    pub fn api(
+        &mut self,
+        name: &str,
+        method: &str,
+        params: Value,
+    ) -> anyhow::Result<Result<Value, (String, String)>> {
+        let mut full = vec!["api".to_owned(), method.to_owned(), params.to_string()];
+        let data_dir = self.node(name).data_dir.clone();
+        full.extend(["--data-dir".to_owned(), path(&data_dir).to_owned()]);
+        let args: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = podmesh(&args)?;
+        let reply: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("api {method}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        if reply["event"] == "error" {
+            return Ok(Err((
+                reply["data"]["code"].as_str().unwrap_or("").to_owned(),
+                reply["data"]["message"].as_str().unwrap_or("").to_owned(),
+            )));
+        }
+        Ok(Ok(reply["data"].clone()))
     }
 
     /// `name`'s view of the members: name -> (state, incarnation).

@@ -167,3 +167,34 @@ pub(crate) fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct ApiArgs {
+    /// The local API method, e.g. `members` or `register_peer` (see docs/local-api.md).
+    method: String,
+    /// Its parameters as a JSON object.
+    #[arg(default_value = "{}")]
+    params: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Sends one raw request and prints the reply line; exits 1 when the reply is an error.
+pub(crate) fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
+    let params: Value = serde_json::from_str(&args.params)
+        .map_err(|e| anyhow::anyhow!("PARAMS is not JSON: {e}"))?;
+    let socket = args.target.socket()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reply = runtime.block_on(async {
+        let mut client = Client::connect(&socket).await?;
+        client.request(&args.method, params).await
+    })?;
+    println!("{}", serde_json::to_string(&reply)?);
+    Ok(if reply.as_error().is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

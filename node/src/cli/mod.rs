@@ -42,6 +42,8 @@ enum Command {
     Send(pods::SendArgs),
     /// Show a Pod's inbox (messages from its peers).
     Inbox(pods::InboxArgs),
+    /// Send one raw local API request and print the reply as JSON (for scripts).
+    Api(client::ApiArgs),
     /// Make a node leave the mesh gracefully (others see it as `left`, not dead) and stop.
     Leave(client::LeaveArgs),
 }
@@ -69,5 +71,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => pods::send(args),
         Command::Inbox(args) => pods::inbox(args),
         Command::Leave(args) => client::leave(args),
+        Command::Api(args) => client::api(args),
     }
 }
