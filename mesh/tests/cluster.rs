@@ -38,6 +38,8 @@ struct Cluster {
     loss: f64,
     /// Directed links that drop everything, datagrams and streams alike (a partition).
     blocked: BTreeSet<(usize, usize)>,
+    /// Extra delay before a node sees any frame: a slow node.
+    slow: BTreeMap<usize, Duration>,
     rng: ChaCha8Rng,
     deaths: Vec<(Time, usize, NodeName)>,
 }
@@ -65,6 +67,7 @@ impl Cluster {
             seq: 0,
             loss: 0.0,
             blocked: BTreeSet::new(),
+            slow: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             deaths: Vec::new(),
         }
@@ -102,7 +105,8 @@ impl Cluster {
             if datagram && self.rng.random_bool(self.loss) {
                 continue;
             }
-            let latency = Duration::from_micros(self.rng.random_range(500..5_000));
+            let latency = Duration::from_micros(self.rng.random_range(500..5_000))
+                + self.slow.get(&j).copied().unwrap_or_default();
             self.seq += 1;
             self.inflight.insert(
                 (self.now + latency, self.seq),
@@ -340,5 +344,33 @@ fn a_half_half_partition_heals_after_it_ends() {
     assert!(
         healed.is_some(),
         "the partition did not heal within {limit:?}"
+    );
+}
+
+#[test]
+fn a_two_second_slow_node_is_neither_declared_dead_nor_accuses_others() {
+    // Lifeguard: a node that takes 2 s to see anything raises its own awareness and stops
+    // accusing healthy members, and it refutes every suspicion of itself in time.
+    let n = 20;
+    let mut cluster = Cluster::new(n, &Config::lan(), 5);
+    cluster.join_all_through_node_0();
+    assert!(
+        cluster
+            .run_until_true(Duration::from_secs(30), |c| c.full_roster(n))
+            .is_some()
+    );
+    let slow = 3;
+    cluster.slow.insert(slow, Duration::from_secs(2));
+    let end = cluster.now + Duration::from_secs(600);
+    cluster.run_until(end);
+    assert!(
+        cluster.deaths.is_empty(),
+        "healthy nodes declared dead: {:?}",
+        cluster.deaths
+    );
+    let health = cluster.nodes[slow].as_ref().map(Mesh::local_health);
+    assert!(
+        health >= Some(3),
+        "the slow node's awareness stayed at {health:?}"
     );
 }
