@@ -124,14 +124,16 @@ pub enum Command {
 /// Something the driver must do, from [`Mesh::poll_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send a datagram (unreliable; losing it is fine).
+    /// Send a datagram (unreliable: losing, duplicating or reordering it is fine).
     Datagram {
         /// The recipient.
         to: Target,
         /// The datagram, at most `datagram_size_max` bytes.
         bytes: Vec<u8>,
     },
-    /// Send one frame on a QUIC stream.
+    /// Send one frame on a QUIC stream. Frames are independent: the transport may open a stream
+    /// per frame or reuse one, and an answer arrives later as a new [`Input::Message`]. Losing a
+    /// frame (a failed connection) is safe; anti-entropy repeats the work.
     Message {
         /// The recipient.
         to: Target,
