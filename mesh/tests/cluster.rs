@@ -374,3 +374,48 @@ fn a_two_second_slow_node_is_neither_declared_dead_nor_accuses_others() {
         "the slow node's awareness stayed at {health:?}"
     );
 }
+
+/// Messages and bytes sent per node per second by a settled cluster of `n` nodes.
+fn steady_state_cost(n: usize) -> (f64, f64) {
+    let mut cluster = Cluster::new(n, &Config::lan(), 6);
+    cluster.join_all_through_node_0();
+    assert!(
+        cluster
+            .run_until_true(Duration::from_secs(30), |c| c.full_roster(n))
+            .is_some()
+    );
+    cluster.run_until(cluster.now + Duration::from_secs(60));
+    let before: Vec<_> = cluster.running().map(Mesh::counters).collect();
+    let window = Duration::from_secs(120);
+    cluster.run_until(cluster.now + window);
+    let after: Vec<_> = cluster.running().map(Mesh::counters).collect();
+    let (mut messages, mut bytes) = (0, 0);
+    for (b, a) in before.iter().zip(&after) {
+        messages += a.datagrams_sent + a.messages_sent - b.datagrams_sent - b.messages_sent;
+        bytes += a.datagram_bytes_sent + a.message_bytes_sent
+            - b.datagram_bytes_sent
+            - b.message_bytes_sent;
+    }
+    let per_node_second = |x: u64| x as f64 / n as f64 / window.as_secs_f64();
+    (per_node_second(messages), per_node_second(bytes))
+}
+
+#[test]
+fn steady_state_cost_per_node_is_flat_in_n_and_within_budget() {
+    // DESIGN section 9: at most 3 messages and 1 KiB per node per second, not growing with N
+    // (counted in simulated time, so this is a protocol property, not a speed measurement).
+    let (small_messages, small_bytes) = steady_state_cost(20);
+    let (large_messages, large_bytes) = steady_state_cost(50);
+    for (messages, bytes) in [(small_messages, small_bytes), (large_messages, large_bytes)] {
+        assert!(messages <= 3.0, "{messages} messages per node per second");
+        assert!(bytes <= 1024.0, "{bytes} bytes per node per second");
+    }
+    assert!(
+        large_messages <= small_messages * 1.1,
+        "{small_messages} -> {large_messages}"
+    );
+    assert!(
+        large_bytes <= small_bytes * 1.1,
+        "{small_bytes} -> {large_bytes}"
+    );
+}
