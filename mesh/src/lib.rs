@@ -47,6 +47,15 @@
 //! steady-state cost is one small message per interval whatever the mesh size. Deletions are
 //! tombstones, collected after `tombstone_ttl`.
 //!
+//! # Bounds and trust
+//!
+//! Every table, queue and message has a named bound in [`Config`] (`members_max`,
+//! `broadcast_queue_max`, `indirect_pending_max`, `output_queue_max`, `seeds_max`,
+//! `state_keys_max`, `state_key_size_max`, `state_value_size_max`, `datagram_size_max`,
+//! `message_size_max`); reaching one drops the excess and counts it in [`Counters`]. Frames come
+//! from nodes the transport authenticated; their membership claims about third parties are
+//! accepted, as in memberlist and Serf, but a frame that does not decode is only counted.
+//!
 //! The wire format lives in one module and is documented in `docs/wire.md`.
 
 #![forbid(unsafe_code)]

@@ -60,6 +60,10 @@ impl MemberState {
 }
 
 /// Where to send a datagram or message.
+///
+/// When `name` is set, the transport must deliver only to the node authenticated under that
+/// name; `addr` is where to dial when no connection exists yet. Addresses come from the nodes'
+/// own claims, so honouring the name is what keeps a node from directing traffic at a bystander.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
     /// The node's advertised address.
