@@ -377,6 +377,9 @@ pub struct Mesh<S> {
     /// Keys currently in [`Table::Members`].
     persisted: BTreeSet<Vec<u8>>,
     members_dirty: bool,
+    /// Failure news (suspect, dead, left, a refutation) was queued: push it at once instead of
+    /// waiting for the next gossip tick, since detection and refutation times are bounded.
+    urgent: bool,
     next_token: u64,
     counters: Counters,
 }
@@ -450,6 +453,7 @@ impl<S: Store> Mesh<S> {
             rejoin,
             persisted,
             members_dirty: false,
+            urgent: false,
             next_token: 0,
             counters,
             config,
@@ -469,6 +473,12 @@ impl<S: Store> Mesh<S> {
     /// Feeds one input. Network input never fails (bad frames are counted and dropped); only a
     /// command the core refuses returns an error.
     pub fn handle(&mut self, input: Input, now: Time) -> Result<(), Error> {
+        let result = self.dispatch(input, now);
+        self.flush_urgent(now);
+        result
+    }
+
+    fn dispatch(&mut self, input: Input, now: Time) -> Result<(), Error> {
         match input {
             Input::Datagram { from, bytes } => {
                 self.counters.datagrams_received += 1;
@@ -507,6 +517,14 @@ impl<S: Store> Mesh<S> {
             }
             let timer = entry.remove();
             self.on_timer(timer, now);
+        }
+        self.flush_urgent(now);
+    }
+
+    fn flush_urgent(&mut self, now: Time) {
+        if self.urgent {
+            self.urgent = false;
+            self.gossip_round(now);
         }
     }
 
@@ -1386,6 +1404,7 @@ impl<S: Store> Mesh<S> {
                 token,
             },
         );
+        self.urgent = true;
         self.emit(Event::MemberSuspect {
             node: name.clone(),
             incarnation,
@@ -1432,6 +1451,7 @@ impl<S: Store> Mesh<S> {
         self.live.remove(&name);
         self.recently_dead.push(name.clone());
         self.members_dirty = true;
+        self.urgent = true;
         self.emit(Event::MemberDead {
             node: name.clone(),
             incarnation,
@@ -1466,6 +1486,7 @@ impl<S: Store> Mesh<S> {
         member.suspicion = None;
         self.live.remove(&name);
         self.members_dirty = true;
+        self.urgent = true;
         self.emit(Event::MemberLeft {
             node: name.clone(),
             incarnation,
@@ -1481,6 +1502,7 @@ impl<S: Store> Mesh<S> {
     fn refute(&mut self, seen: u64, now: Time) {
         self.incarnation = self.incarnation.max(seen).saturating_add(1);
         self.changed_at = now;
+        self.urgent = true;
         let mut batch = WriteBatch::new();
         batch.put(Table::Meta, INCARNATION_KEY, self.incarnation.to_be_bytes());
         if self.store.write(batch).is_err() {
