@@ -32,7 +32,9 @@
 //!
 //! Updates travel piggybacked on probes and on a gossip tick to `gossip_fanout` members, each
 //! sent `retransmit_mult * ceil(log10(N + 1))` times, least-sent first, within the datagram
-//! budget. A graceful leave is gossiped as `left`, which is not `dead`. Dead and left members are
+//! budget. Failure news (suspect, dead, left) and refutations are also pushed to
+//! `gossip_fanout` members at once, because detection and refutation times are bounded and a
+//! gossip tick is a wait worth saving. A graceful leave is gossiped as `left`, which is not `dead`. Dead and left members are
 //! kept as tombstones for `tombstone_ttl`. The incarnation is persisted and bumped on every start,
 //! so a restarted node is alive again under the same name.
 //!
