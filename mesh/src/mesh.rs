@@ -16,6 +16,7 @@ use crate::time::micros;
 use crate::{Config, Error, NodeName, Time};
 
 use broadcast::{Broadcasts, Subject};
+use digest::{Digest, entry_hash, summary};
 use roster::Roster;
 
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
@@ -362,6 +363,7 @@ pub struct Mesh<S> {
     /// Replicated state per owner, this node included.
     entries: BTreeMap<NodeName, BTreeMap<String, Entry>>,
     queue: Broadcasts,
+    digest: Digest,
     timers: BTreeMap<(Time, u64), Timer>,
     timer_seq: u64,
     outputs: VecDeque<Output>,
@@ -440,6 +442,7 @@ impl<S: Store> Mesh<S> {
             recently_dead: Vec::new(),
             entries: BTreeMap::from([(me, BTreeMap::new())]),
             queue: Broadcasts::default(),
+            digest: Digest::new(config.sync_buckets),
             timers: BTreeMap::new(),
             timer_seq: 0,
             outputs: VecDeque::new(),
@@ -467,6 +470,8 @@ impl<S: Store> Mesh<S> {
         mesh.schedule(now, Timer::Reconnect);
         mesh.schedule(now + mesh.config.persist_interval, Timer::Persist);
         mesh.schedule(now + mesh.collect_interval(), Timer::Collect);
+        let me = mesh.me.clone();
+        mesh.refresh_digest(&me);
         Ok(mesh)
     }
 
@@ -690,6 +695,8 @@ impl<S: Store> Mesh<S> {
                 if !self.left {
                     self.left = true;
                     self.changed_at = now;
+                    let me = self.me.clone();
+                    self.refresh_digest(&me);
                     self.probe = None;
                     let update = Update::Left {
                         name: self.me.clone(),
@@ -765,10 +772,8 @@ impl<S: Store> Mesh<S> {
             value,
             changed_at: now,
         };
-        self.entries
-            .entry(self.me.clone())
-            .or_default()
-            .insert(key.clone(), entry);
+        let me = self.me.clone();
+        self.set_entry(&me, &key, entry);
         self.enqueue_state(record);
         self.emit(Event::StateChanged {
             node: self.me.clone(),
@@ -1281,6 +1286,7 @@ impl<S: Store> Mesh<S> {
                 member.state = MemberState::Alive;
                 member.suspicion = None;
                 if was == MemberState::Alive {
+                    self.refresh_digest(&name);
                     self.enqueue(
                         Subject::Member(name.clone()),
                         Update::Alive {
@@ -1300,6 +1306,7 @@ impl<S: Store> Mesh<S> {
             }
         }
         self.members_dirty = true;
+        self.refresh_digest(&name);
         self.emit(Event::MemberAlive {
             node: name.clone(),
             addr,
@@ -1397,6 +1404,7 @@ impl<S: Store> Mesh<S> {
         member.changed_at = now;
         member.suspicion = Some(suspicion);
         self.next_token += 1;
+        self.refresh_digest(&name);
         self.schedule(
             deadline,
             Timer::Suspicion {
@@ -1451,6 +1459,7 @@ impl<S: Store> Mesh<S> {
         self.live.remove(&name);
         self.recently_dead.push(name.clone());
         self.members_dirty = true;
+        self.refresh_digest(&name);
         self.urgent = true;
         self.emit(Event::MemberDead {
             node: name.clone(),
@@ -1486,6 +1495,7 @@ impl<S: Store> Mesh<S> {
         member.suspicion = None;
         self.live.remove(&name);
         self.members_dirty = true;
+        self.refresh_digest(&name);
         self.urgent = true;
         self.emit(Event::MemberLeft {
             node: name.clone(),
@@ -1503,6 +1513,8 @@ impl<S: Store> Mesh<S> {
         self.incarnation = self.incarnation.max(seen).saturating_add(1);
         self.changed_at = now;
         self.urgent = true;
+        let me = self.me.clone();
+        self.refresh_digest(&me);
         let mut batch = WriteBatch::new();
         batch.put(Table::Meta, INCARNATION_KEY, self.incarnation.to_be_bytes());
         if self.store.write(batch).is_err() {
@@ -1560,7 +1572,7 @@ impl<S: Store> Mesh<S> {
             value: record.value.clone(),
             changed_at: now,
         };
-        map.insert(record.key.clone(), entry);
+        self.set_entry(&record.owner, &record.key, entry);
         self.emit(Event::StateChanged {
             node: record.owner.clone(),
             key: record.key.clone(),
@@ -1605,6 +1617,7 @@ impl<S: Store> Mesh<S> {
             self.live.remove(&name);
             self.members.remove(&name);
             self.entries.remove(&name);
+            self.digest.forget(&name);
             self.members_dirty = true;
             self.counters.tombstones_collected += 1;
         }
@@ -1818,53 +1831,62 @@ impl<S: Store> Mesh<S> {
     }
 
     fn bucket_of(&self, name: &NodeName) -> u16 {
-        // Invariant: sync_buckets is in 1..=4096 (validated), so the remainder fits in u16.
-        (fnv1a(&[name.as_str().as_bytes()]) % u64::from(self.config.sync_buckets)) as u16
+        self.digest.bucket_of(name)
     }
 
-    /// The anti-entropy digest: per bucket, the wrapping sum of the hashes of live members
-    /// (name, incarnation) and of live entries of live owners (owner, key, generation, version).
-    /// Suspicion and tombstones are left out on purpose: they differ between nodes for a while
-    /// by design, and drilling into them every round would cost bytes for nothing.
     fn digest(&self) -> Vec<u64> {
-        let mut buckets = vec![0u64; usize::from(self.config.sync_buckets)];
-        let mut add = |bucket: u16, hash: u64| {
-            if let Some(slot) = buckets.get_mut(usize::from(bucket)) {
-                *slot = slot.wrapping_add(hash);
-            }
-        };
-        let live = std::iter::once((&self.me, self.incarnation, !self.left)).chain(
+        self.digest.buckets().to_vec()
+    }
+
+    /// Brings `owner`'s contribution to the digest up to date after a change of its liveness,
+    /// incarnation or entries.
+    fn refresh_digest(&mut self, owner: &NodeName) {
+        let live_incarnation = if *owner == self.me {
+            (!self.left).then_some(self.incarnation)
+        } else {
             self.members
-                .iter()
-                .map(|(name, m)| (name, m.incarnation, m.state.is_live())),
+                .get(owner)
+                .and_then(|m| m.state.is_live().then_some(m.incarnation))
+        };
+        self.digest.set_owner(owner, live_incarnation);
+    }
+
+    /// Stores an entry and keeps the digest in step.
+    fn set_entry(&mut self, owner: &NodeName, key: &str, entry: Entry) {
+        let new = entry_hash(
+            owner,
+            key,
+            entry.generation,
+            entry.version,
+            entry.value.is_some(),
         );
-        for (name, incarnation, is_live) in live {
-            if !is_live {
-                continue;
-            }
-            let bucket = self.bucket_of(name);
-            add(
-                bucket,
-                mix(fnv1a(&[
-                    b"m",
-                    name.as_str().as_bytes(),
-                    &incarnation.to_le_bytes(),
-                ])),
-            );
-            for (key, e) in self.entries.get(name).into_iter().flatten() {
-                if e.value.is_some() {
-                    let hash = fnv1a(&[
-                        b"s",
-                        name.as_str().as_bytes(),
-                        key.as_bytes(),
-                        &e.generation.to_le_bytes(),
-                        &e.version.to_le_bytes(),
-                    ]);
-                    add(bucket, mix(hash));
-                }
+        let old = self
+            .entries
+            .entry(owner.clone())
+            .or_default()
+            .insert(key.to_owned(), entry)
+            .map_or(0, |e| {
+                entry_hash(owner, key, e.generation, e.version, e.value.is_some())
+            });
+        self.digest.entry_changed(owner, old, new);
+        self.refresh_digest(owner);
+    }
+
+    /// The digest recomputed from scratch, to check the incremental one.
+    #[cfg(test)]
+    fn digest_recomputed(&self) -> Vec<u64> {
+        let mut check = Digest::new(self.config.sync_buckets);
+        for (owner, map) in &self.entries {
+            for (key, e) in map {
+                let hash = entry_hash(owner, key, e.generation, e.version, e.value.is_some());
+                check.entry_changed(owner, 0, hash);
             }
         }
-        buckets
+        check.set_owner(&self.me, (!self.left).then_some(self.incarnation));
+        for (name, m) in &self.members {
+            check.set_owner(name, m.state.is_live().then_some(m.incarnation));
+        }
+        check.buckets().to_vec()
     }
 
     /// Records of the given buckets (members first, then their entries, tombstones included),
@@ -2052,33 +2074,6 @@ fn suspicion_timeout(min: Duration, max: Duration, k: u32, c: u32) -> Duration {
     Duration::from_micros(timeout.max(micros(min) as f64) as u64)
 }
 
-/// The summary hash: the sum of all bucket hashes.
-fn summary(digest: &[u64]) -> u64 {
-    digest.iter().fold(0u64, |acc, h| acc.wrapping_add(*h))
-}
-
-/// FNV-1a over length-prefixed parts: stable across platforms and Rust versions, unlike std's
-/// hasher, which matters because digests are compared between nodes.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in (part.len() as u64).to_le_bytes().iter().chain(part.iter()) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash
-}
-
-/// The splitmix64 finalizer: spreads FNV's weak low bits before hashes are summed.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// Fisher-Yates with the core's seeded RNG.
 fn shuffle<T>(rng: &mut ChaCha8Rng, items: &mut [T]) {
     for i in (1..items.len()).rev() {
@@ -2099,6 +2094,7 @@ fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
 }
 
 mod broadcast;
+mod digest;
 mod roster;
 
 #[cfg(test)]
