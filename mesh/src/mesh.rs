@@ -378,7 +378,11 @@ pub struct Mesh<S> {
     rejoin: Vec<(NodeName, SocketAddr)>,
     /// Keys currently in [`Table::Members`].
     persisted: BTreeSet<Vec<u8>>,
-    members_dirty: bool,
+    /// Members whose stored record is out of date.
+    dirty: BTreeSet<NodeName>,
+    /// Whether the stored members still hold a previous life's view, to be replaced by a full
+    /// rewrite once this node is connected again.
+    full_rewrite: bool,
     /// Failure news (suspect, dead, left, a refutation) was queued: push it at once instead of
     /// waiting for the next gossip tick, since detection and refutation times are bounded.
     urgent: bool,
@@ -455,7 +459,8 @@ impl<S: Store> Mesh<S> {
             seeds: Vec::new(),
             rejoin,
             persisted,
-            members_dirty: false,
+            dirty: BTreeSet::new(),
+            full_rewrite: true,
             urgent: false,
             next_token: 0,
             counters,
@@ -1287,6 +1292,7 @@ impl<S: Store> Mesh<S> {
                 member.suspicion = None;
                 if was == MemberState::Alive {
                     self.refresh_digest(&name);
+                    self.dirty.insert(name.clone());
                     self.enqueue(
                         Subject::Member(name.clone()),
                         Update::Alive {
@@ -1295,7 +1301,6 @@ impl<S: Store> Mesh<S> {
                             incarnation,
                         },
                     );
-                    self.members_dirty = true;
                     return;
                 }
                 member.changed_at = now;
@@ -1305,7 +1310,7 @@ impl<S: Store> Mesh<S> {
                 }
             }
         }
-        self.members_dirty = true;
+        self.dirty.insert(name.clone());
         self.refresh_digest(&name);
         self.emit(Event::MemberAlive {
             node: name.clone(),
@@ -1458,7 +1463,7 @@ impl<S: Store> Mesh<S> {
         member.suspicion = None;
         self.live.remove(&name);
         self.recently_dead.push(name.clone());
-        self.members_dirty = true;
+        self.dirty.insert(name.clone());
         self.refresh_digest(&name);
         self.urgent = true;
         self.emit(Event::MemberDead {
@@ -1494,7 +1499,7 @@ impl<S: Store> Mesh<S> {
         member.changed_at = now;
         member.suspicion = None;
         self.live.remove(&name);
-        self.members_dirty = true;
+        self.dirty.insert(name.clone());
         self.refresh_digest(&name);
         self.urgent = true;
         self.emit(Event::MemberLeft {
@@ -1618,7 +1623,7 @@ impl<S: Store> Mesh<S> {
             self.members.remove(&name);
             self.entries.remove(&name);
             self.digest.forget(&name);
-            self.members_dirty = true;
+            self.dirty.insert(name.clone());
             self.counters.tombstones_collected += 1;
         }
         for map in self.entries.values_mut() {
@@ -1628,30 +1633,54 @@ impl<S: Store> Mesh<S> {
         }
     }
 
+    /// Writes the changed members' records (only live members are kept), so a restarted node
+    /// can rejoin through them. The first write once connected replaces the previous life's
+    /// records wholesale; later ones only touch what changed, so the cost follows churn, not N.
     fn persist_members(&mut self) {
-        if !self.members_dirty {
+        if self.full_rewrite {
+            if self.live.len() == 0 {
+                // Keep the previous life's members: they are the way back in.
+                return;
+            }
+            self.dirty = self.members.keys().cloned().collect();
+        }
+        if self.dirty.is_empty() && !self.full_rewrite {
             return;
         }
         let mut batch = WriteBatch::new();
-        let mut current = BTreeSet::new();
-        for (name, m) in self.members.iter().filter(|(_, m)| m.state.is_live()) {
-            let record = MemberRecord {
-                name: name.clone(),
-                addr: m.addr,
-                incarnation: m.incarnation,
-                state: m.state,
-            };
-            let key = name.as_str().as_bytes().to_vec();
-            batch.put(Table::Members, key.clone(), codec::encode_member(&record));
-            current.insert(key);
+        let mut persisted = self.persisted.clone();
+        if self.full_rewrite {
+            // Keys that are not even valid names (corrupt records) go as well.
+            for key in &self.persisted {
+                batch.delete(Table::Members, key.clone());
+            }
+            persisted.clear();
         }
-        for stale in self.persisted.difference(&current) {
-            batch.delete(Table::Members, stale.clone());
+        for name in &self.dirty {
+            let key = name.as_str().as_bytes().to_vec();
+            match self.members.get(name).filter(|m| m.state.is_live()) {
+                Some(m) => {
+                    let record = MemberRecord {
+                        name: name.clone(),
+                        addr: m.addr,
+                        incarnation: m.incarnation,
+                        state: m.state,
+                    };
+                    batch.put(Table::Members, key.clone(), codec::encode_member(&record));
+                    persisted.insert(key);
+                }
+                None => {
+                    if persisted.remove(&key) {
+                        batch.delete(Table::Members, key);
+                    }
+                }
+            }
         }
         match self.store.write(batch) {
             Ok(()) => {
-                self.persisted = current;
-                self.members_dirty = false;
+                self.persisted = persisted;
+                self.dirty.clear();
+                self.full_rewrite = false;
             }
             // Stays dirty, so the next tick retries.
             Err(_) => self.counters.store_write_failures += 1,

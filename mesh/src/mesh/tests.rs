@@ -1452,3 +1452,54 @@ fn the_incremental_digest_matches_a_full_recomputation() {
         "the dead member should be collected by now"
     );
 }
+
+#[test]
+fn stored_members_follow_churn_and_replace_the_previous_life_once_connected() {
+    // The store keeps the previous life's members while they are the only way back in, then
+    // holds exactly the live members.
+    let config = Config {
+        persist_interval: Duration::from_secs(1),
+        ..Config::lan()
+    };
+    let mut store = MemStore::new();
+    let mut batch = WriteBatch::new();
+    let old = MemberRecord {
+        name: name(9),
+        addr: addr(9),
+        incarnation: 1,
+        state: MemberState::Alive,
+    };
+    batch.put(Table::Members, name(9).as_str(), codec::encode_member(&old));
+    store.write(batch).unwrap();
+    let mut mesh = Mesh::new(config, name(0), addr(0), store, 1, Time::ZERO).unwrap();
+    let stored = |mesh: &Mesh<MemStore>| -> Vec<Vec<u8>> {
+        mesh.store()
+            .scan(Table::Members)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    mesh.handle_timeout(Time::from_secs(1));
+    assert_eq!(
+        stored(&mesh),
+        vec![b"n9".to_vec()],
+        "alone: keep the way back in"
+    );
+    feed(
+        &mut mesh,
+        1,
+        gossip(vec![alive(1, 1), alive(2, 1)]),
+        Time::from_secs(1),
+    );
+    mesh.handle_timeout(Time::from_secs(2));
+    assert_eq!(stored(&mesh), vec![b"n1".to_vec(), b"n2".to_vec()]);
+    let dead = Update::Dead {
+        name: name(2),
+        incarnation: 1,
+        source: name(1),
+    };
+    feed(&mut mesh, 1, gossip(vec![dead]), Time::from_secs(2));
+    mesh.handle_timeout(Time::from_secs(3));
+    assert_eq!(stored(&mesh), vec![b"n1".to_vec()]);
+}
