@@ -800,7 +800,7 @@ impl<S: Store> Mesh<S> {
     fn on_timer(&mut self, timer: Timer, now: Time) {
         match timer {
             Timer::Probe => self.on_probe_tick(now),
-            Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now),
+            Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq),
             Timer::Relay { seq } => {
                 if let Some(relay) = self.relays.remove(&seq) {
                     let to = Target {
@@ -938,7 +938,7 @@ impl<S: Store> Mesh<S> {
         None
     }
 
-    fn on_probe_timeout(&mut self, seq: u32, _now: Time) {
+    fn on_probe_timeout(&mut self, seq: u32) {
         let Some(probe) = &self.probe else { return };
         if probe.seq != seq || probe.acked {
             return;
@@ -1099,8 +1099,7 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Sends `probe` to `to` with as many queued updates as fit; `first` goes before them.
-    /// Returns how many updates were piggybacked.
-    fn send_datagram(&mut self, to: Target, probe: Probe, first: Option<Update>) -> usize {
+    fn send_datagram(&mut self, to: Target, probe: Probe, first: Option<Update>) {
         let empty = Datagram {
             probe,
             updates: Vec::new(),
@@ -1119,14 +1118,12 @@ impl<S: Store> Mesh<S> {
         }
         let limit = self.retransmit_limit();
         updates.extend(self.queue.take(budget, limit));
-        let count = updates.len();
         let bytes = codec::encode_datagram(&Datagram {
             probe: empty.probe,
             updates,
         });
         debug_assert!(bytes.len() <= self.config.datagram_size_max);
         self.push_output(Output::Datagram { to, bytes });
-        count
     }
 
     fn gossip_round(&mut self, now: Time) {
