@@ -182,7 +182,7 @@ pub enum Event {
         /// Its incarnation.
         incarnation: u64,
     },
-    /// A replicated state key of `node` changed (or was deleted).
+    /// A replicated state key of `node` changed or was deleted, this node's own writes included.
     StateChanged {
         /// The owner.
         node: NodeName,
@@ -262,6 +262,12 @@ pub struct Counters {
     pub tombstones_collected: u64,
     /// Connection losses reported by the transport.
     pub connections_lost: u64,
+    /// Probes of this node that ended without an Ack (each suspects its target).
+    pub probes_failed: u64,
+    /// Suspicions that timed out here, declaring a member dead.
+    pub deaths_declared: u64,
+    /// Times this node refuted news of its own suspicion, death or leave.
+    pub refutations: u64,
 }
 
 /// A timer; stale ones (whose token no longer matches) do nothing when they fire.
@@ -481,7 +487,7 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Feeds one input. Network input never fails (bad frames are counted and dropped); only a
-    /// command the core refuses returns an error.
+    /// command the core refuses returns an error. `now` must never go backwards between calls.
     pub fn handle(&mut self, input: Input, now: Time) -> Result<(), Error> {
         let result = self.dispatch(input, now);
         self.flush_urgent(now);
@@ -912,6 +918,7 @@ impl<S: Store> Mesh<S> {
             probe.intermediaries.len().saturating_sub(probe.nacks.len())
         };
         self.awareness_add(u32::try_from(delta).unwrap_or(u32::MAX));
+        self.counters.probes_failed += 1;
         if let Some(member) = self.members.get(&probe.target)
             && member.state.is_live()
         {
@@ -1438,6 +1445,7 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let incarnation = member.incarnation;
+        self.counters.deaths_declared += 1;
         self.on_dead(name, incarnation, self.me.clone(), now);
     }
 
@@ -1515,6 +1523,7 @@ impl<S: Store> Mesh<S> {
         self.incarnation = self.incarnation.max(seen).saturating_add(1);
         self.changed_at = now;
         self.urgent = true;
+        self.counters.refutations += 1;
         let me = self.me.clone();
         self.refresh_digest(&me);
         let mut batch = WriteBatch::new();

@@ -286,6 +286,12 @@ fn ten_percent_loss_for_ten_minutes_declares_no_healthy_node_dead() {
         "healthy nodes declared dead: {:?}",
         cluster.deaths
     );
+    // The loss did cause false suspicions; refutation is what kept them from becoming deaths.
+    let refutations: u64 = cluster.running().map(|m| m.counters().refutations).sum();
+    assert!(
+        refutations > 0,
+        "the loss never caused a suspicion: the test proves nothing"
+    );
     cluster.loss = 0.0;
     assert!(
         cluster

@@ -359,6 +359,7 @@ fn suspected_live_member_refutes_and_stays_alive() {
     });
     assert!(healed.is_some(), "the suspected member did not refute");
     assert!(net.mesh(victim).incarnation() > before);
+    assert!(net.mesh(victim).counters().refutations >= 1);
     assert!(!net.events_about(victim).iter().any(|(_, _, e)| is_dead(e)));
 }
 
