@@ -34,9 +34,14 @@
 //! sent `retransmit_mult * ceil(log10(N + 1))` times, least-sent first, within the datagram
 //! budget. Failure news (suspect, dead, left) and refutations are also pushed to
 //! `gossip_fanout` members at once, because detection and refutation times are bounded and a
-//! gossip tick is a wait worth saving. A graceful leave is gossiped as `left`, which is not `dead`. Dead and left members are
-//! kept as tombstones for `tombstone_ttl`. The incarnation is persisted and bumped on every start,
-//! so a restarted node is alive again under the same name.
+//! gossip tick is a wait worth saving. A graceful leave is gossiped as `left`, which is not
+//! `dead`. Dead and left members are kept as tombstones for `tombstone_ttl`. The incarnation is
+//! persisted and bumped on every start, so a restarted node is alive again under the same name.
+//!
+//! A joining node does a full push/pull with its seeds (or, after a restart without seeds, with
+//! some of the members it persisted). Afterwards, about every `reconnect_interval`, it sends the
+//! summary of its digest to one seed and to one random dead member: cheap while nothing differs,
+//! and the way two sides of a healed partition, or an island, find each other again.
 //!
 //! # Replicated state
 //!
