@@ -32,9 +32,16 @@
 //!
 //! Updates travel piggybacked on probes and on a gossip tick to `gossip_fanout` members, each
 //! sent `retransmit_mult * ceil(log10(N + 1))` times, least-sent first, within the datagram
-//! budget. A graceful leave is gossiped as `left`, which is not `dead`. Dead and left members are
-//! kept as tombstones for `tombstone_ttl`. The incarnation is persisted and bumped on every start,
-//! so a restarted node is alive again under the same name.
+//! budget. Failure news (suspect, dead, left) and refutations are also pushed to
+//! `gossip_fanout` members at once, because detection and refutation times are bounded and a
+//! gossip tick is a wait worth saving. A graceful leave is gossiped as `left`, which is not
+//! `dead`. Dead and left members are kept as tombstones for `tombstone_ttl`. The incarnation is
+//! persisted and bumped on every start, so a restarted node is alive again under the same name.
+//!
+//! A joining node does a full push/pull with its seeds (or, after a restart without seeds, with
+//! some of the members it persisted). Afterwards, about every `reconnect_interval`, it sends the
+//! summary of its digest to one seed and to one random dead member: cheap while nothing differs,
+//! and the way two sides of a healed partition, or an island, find each other again.
 //!
 //! # Replicated state
 //!
@@ -46,6 +53,15 @@
 //! are the bucket hashes exchanged, and then only the records of differing buckets, so the
 //! steady-state cost is one small message per interval whatever the mesh size. Deletions are
 //! tombstones, collected after `tombstone_ttl`.
+//!
+//! # Bounds and trust
+//!
+//! Every table, queue and message has a named bound in [`Config`] (`members_max`,
+//! `broadcast_queue_max`, `indirect_pending_max`, `output_queue_max`, `seeds_max`,
+//! `state_keys_max`, `state_key_size_max`, `state_value_size_max`, `datagram_size_max`,
+//! `message_size_max`); reaching one drops the excess and counts it in [`Counters`]. Frames come
+//! from nodes the transport authenticated; their membership claims about third parties are
+//! accepted, as in memberlist and Serf, but a frame that does not decode is only counted.
 //!
 //! The wire format lives in one module and is documented in `docs/wire.md`.
 

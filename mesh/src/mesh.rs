@@ -16,6 +16,7 @@ use crate::time::micros;
 use crate::{Config, Error, NodeName, Time};
 
 use broadcast::{Broadcasts, Subject};
+use digest::{Digest, entry_hash, summary};
 use roster::Roster;
 
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
@@ -60,6 +61,10 @@ impl MemberState {
 }
 
 /// Where to send a datagram or message.
+///
+/// When `name` is set, the transport must deliver only to the node authenticated under that
+/// name; `addr` is where to dial when no connection exists yet. Addresses come from the nodes'
+/// own claims, so honouring the name is what keeps a node from directing traffic at a bystander.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
     /// The node's advertised address.
@@ -124,14 +129,16 @@ pub enum Command {
 /// Something the driver must do, from [`Mesh::poll_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send a datagram (unreliable; losing it is fine).
+    /// Send a datagram (unreliable: losing, duplicating or reordering it is fine).
     Datagram {
         /// The recipient.
         to: Target,
         /// The datagram, at most `datagram_size_max` bytes.
         bytes: Vec<u8>,
     },
-    /// Send one frame on a QUIC stream.
+    /// Send one frame on a QUIC stream. Frames are independent: the transport may open a stream
+    /// per frame or reuse one, and an answer arrives later as a new [`Input::Message`]. Losing a
+    /// frame (a failed connection) is safe; anti-entropy repeats the work.
     Message {
         /// The recipient.
         to: Target,
@@ -175,7 +182,7 @@ pub enum Event {
         /// Its incarnation.
         incarnation: u64,
     },
-    /// A replicated state key of `node` changed (or was deleted).
+    /// A replicated state key of `node` changed or was deleted, this node's own writes included.
     StateChanged {
         /// The owner.
         node: NodeName,
@@ -255,6 +262,12 @@ pub struct Counters {
     pub tombstones_collected: u64,
     /// Connection losses reported by the transport.
     pub connections_lost: u64,
+    /// Probes of this node that ended without an Ack (each suspects its target).
+    pub probes_failed: u64,
+    /// Suspicions that timed out here, declaring a member dead.
+    pub deaths_declared: u64,
+    /// Times this node refuted news of its own suspicion, death or leave.
+    pub refutations: u64,
 }
 
 /// A timer; stale ones (whose token no longer matches) do nothing when they fire.
@@ -356,6 +369,7 @@ pub struct Mesh<S> {
     /// Replicated state per owner, this node included.
     entries: BTreeMap<NodeName, BTreeMap<String, Entry>>,
     queue: Broadcasts,
+    digest: Digest,
     timers: BTreeMap<(Time, u64), Timer>,
     timer_seq: u64,
     outputs: VecDeque<Output>,
@@ -370,7 +384,14 @@ pub struct Mesh<S> {
     rejoin: Vec<(NodeName, SocketAddr)>,
     /// Keys currently in [`Table::Members`].
     persisted: BTreeSet<Vec<u8>>,
-    members_dirty: bool,
+    /// Members whose stored record is out of date.
+    dirty: BTreeSet<NodeName>,
+    /// Whether the stored members still hold a previous life's view, to be replaced by a full
+    /// rewrite once this node is connected again.
+    full_rewrite: bool,
+    /// Failure news (suspect, dead, left, a refutation) was queued: push it at once instead of
+    /// waiting for the next gossip tick, since detection and refutation times are bounded.
+    urgent: bool,
     next_token: u64,
     counters: Counters,
 }
@@ -431,6 +452,7 @@ impl<S: Store> Mesh<S> {
             recently_dead: Vec::new(),
             entries: BTreeMap::from([(me, BTreeMap::new())]),
             queue: Broadcasts::default(),
+            digest: Digest::new(config.sync_buckets),
             timers: BTreeMap::new(),
             timer_seq: 0,
             outputs: VecDeque::new(),
@@ -443,7 +465,9 @@ impl<S: Store> Mesh<S> {
             seeds: Vec::new(),
             rejoin,
             persisted,
-            members_dirty: false,
+            dirty: BTreeSet::new(),
+            full_rewrite: true,
+            urgent: false,
             next_token: 0,
             counters,
             config,
@@ -457,12 +481,20 @@ impl<S: Store> Mesh<S> {
         mesh.schedule(now, Timer::Reconnect);
         mesh.schedule(now + mesh.config.persist_interval, Timer::Persist);
         mesh.schedule(now + mesh.collect_interval(), Timer::Collect);
+        let me = mesh.me.clone();
+        mesh.refresh_digest(&me);
         Ok(mesh)
     }
 
     /// Feeds one input. Network input never fails (bad frames are counted and dropped); only a
-    /// command the core refuses returns an error.
+    /// command the core refuses returns an error. `now` must never go backwards between calls.
     pub fn handle(&mut self, input: Input, now: Time) -> Result<(), Error> {
+        let result = self.dispatch(input, now);
+        self.flush_urgent(now);
+        result
+    }
+
+    fn dispatch(&mut self, input: Input, now: Time) -> Result<(), Error> {
         match input {
             Input::Datagram { from, bytes } => {
                 self.counters.datagrams_received += 1;
@@ -501,6 +533,14 @@ impl<S: Store> Mesh<S> {
             }
             let timer = entry.remove();
             self.on_timer(timer, now);
+        }
+        self.flush_urgent(now);
+    }
+
+    fn flush_urgent(&mut self, now: Time) {
+        if self.urgent {
+            self.urgent = false;
+            self.gossip_round(now);
         }
     }
 
@@ -666,6 +706,8 @@ impl<S: Store> Mesh<S> {
                 if !self.left {
                     self.left = true;
                     self.changed_at = now;
+                    let me = self.me.clone();
+                    self.refresh_digest(&me);
                     self.probe = None;
                     let update = Update::Left {
                         name: self.me.clone(),
@@ -741,10 +783,8 @@ impl<S: Store> Mesh<S> {
             value,
             changed_at: now,
         };
-        self.entries
-            .entry(self.me.clone())
-            .or_default()
-            .insert(key.clone(), entry);
+        let me = self.me.clone();
+        self.set_entry(&me, &key, entry);
         self.enqueue_state(record);
         self.emit(Event::StateChanged {
             node: self.me.clone(),
@@ -766,7 +806,7 @@ impl<S: Store> Mesh<S> {
     fn on_timer(&mut self, timer: Timer, now: Time) {
         match timer {
             Timer::Probe => self.on_probe_tick(now),
-            Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now),
+            Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq),
             Timer::Relay { seq } => {
                 if let Some(relay) = self.relays.remove(&seq) {
                     let to = Target {
@@ -878,6 +918,7 @@ impl<S: Store> Mesh<S> {
             probe.intermediaries.len().saturating_sub(probe.nacks.len())
         };
         self.awareness_add(u32::try_from(delta).unwrap_or(u32::MAX));
+        self.counters.probes_failed += 1;
         if let Some(member) = self.members.get(&probe.target)
             && member.state.is_live()
         {
@@ -904,7 +945,7 @@ impl<S: Store> Mesh<S> {
         None
     }
 
-    fn on_probe_timeout(&mut self, seq: u32, _now: Time) {
+    fn on_probe_timeout(&mut self, seq: u32) {
         let Some(probe) = &self.probe else { return };
         if probe.seq != seq || probe.acked {
             return;
@@ -1065,8 +1106,7 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Sends `probe` to `to` with as many queued updates as fit; `first` goes before them.
-    /// Returns how many updates were piggybacked.
-    fn send_datagram(&mut self, to: Target, probe: Probe, first: Option<Update>) -> usize {
+    fn send_datagram(&mut self, to: Target, probe: Probe, first: Option<Update>) {
         let empty = Datagram {
             probe,
             updates: Vec::new(),
@@ -1085,14 +1125,12 @@ impl<S: Store> Mesh<S> {
         }
         let limit = self.retransmit_limit();
         updates.extend(self.queue.take(budget, limit));
-        let count = updates.len();
         let bytes = codec::encode_datagram(&Datagram {
             probe: empty.probe,
             updates,
         });
         debug_assert!(bytes.len() <= self.config.datagram_size_max);
         self.push_output(Output::Datagram { to, bytes });
-        count
     }
 
     fn gossip_round(&mut self, now: Time) {
@@ -1257,6 +1295,8 @@ impl<S: Store> Mesh<S> {
                 member.state = MemberState::Alive;
                 member.suspicion = None;
                 if was == MemberState::Alive {
+                    self.refresh_digest(&name);
+                    self.dirty.insert(name.clone());
                     self.enqueue(
                         Subject::Member(name.clone()),
                         Update::Alive {
@@ -1265,7 +1305,6 @@ impl<S: Store> Mesh<S> {
                             incarnation,
                         },
                     );
-                    self.members_dirty = true;
                     return;
                 }
                 member.changed_at = now;
@@ -1275,7 +1314,8 @@ impl<S: Store> Mesh<S> {
                 }
             }
         }
-        self.members_dirty = true;
+        self.dirty.insert(name.clone());
+        self.refresh_digest(&name);
         self.emit(Event::MemberAlive {
             node: name.clone(),
             addr,
@@ -1373,6 +1413,7 @@ impl<S: Store> Mesh<S> {
         member.changed_at = now;
         member.suspicion = Some(suspicion);
         self.next_token += 1;
+        self.refresh_digest(&name);
         self.schedule(
             deadline,
             Timer::Suspicion {
@@ -1380,6 +1421,7 @@ impl<S: Store> Mesh<S> {
                 token,
             },
         );
+        self.urgent = true;
         self.emit(Event::MemberSuspect {
             node: name.clone(),
             incarnation,
@@ -1403,6 +1445,7 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let incarnation = member.incarnation;
+        self.counters.deaths_declared += 1;
         self.on_dead(name, incarnation, self.me.clone(), now);
     }
 
@@ -1425,7 +1468,9 @@ impl<S: Store> Mesh<S> {
         member.suspicion = None;
         self.live.remove(&name);
         self.recently_dead.push(name.clone());
-        self.members_dirty = true;
+        self.dirty.insert(name.clone());
+        self.refresh_digest(&name);
+        self.urgent = true;
         self.emit(Event::MemberDead {
             node: name.clone(),
             incarnation,
@@ -1459,7 +1504,9 @@ impl<S: Store> Mesh<S> {
         member.changed_at = now;
         member.suspicion = None;
         self.live.remove(&name);
-        self.members_dirty = true;
+        self.dirty.insert(name.clone());
+        self.refresh_digest(&name);
+        self.urgent = true;
         self.emit(Event::MemberLeft {
             node: name.clone(),
             incarnation,
@@ -1475,6 +1522,10 @@ impl<S: Store> Mesh<S> {
     fn refute(&mut self, seen: u64, now: Time) {
         self.incarnation = self.incarnation.max(seen).saturating_add(1);
         self.changed_at = now;
+        self.urgent = true;
+        self.counters.refutations += 1;
+        let me = self.me.clone();
+        self.refresh_digest(&me);
         let mut batch = WriteBatch::new();
         batch.put(Table::Meta, INCARNATION_KEY, self.incarnation.to_be_bytes());
         if self.store.write(batch).is_err() {
@@ -1532,7 +1583,7 @@ impl<S: Store> Mesh<S> {
             value: record.value.clone(),
             changed_at: now,
         };
-        map.insert(record.key.clone(), entry);
+        self.set_entry(&record.owner, &record.key, entry);
         self.emit(Event::StateChanged {
             node: record.owner.clone(),
             key: record.key.clone(),
@@ -1577,7 +1628,8 @@ impl<S: Store> Mesh<S> {
             self.live.remove(&name);
             self.members.remove(&name);
             self.entries.remove(&name);
-            self.members_dirty = true;
+            self.digest.forget(&name);
+            self.dirty.insert(name.clone());
             self.counters.tombstones_collected += 1;
         }
         for map in self.entries.values_mut() {
@@ -1587,30 +1639,54 @@ impl<S: Store> Mesh<S> {
         }
     }
 
+    /// Writes the changed members' records (only live members are kept), so a restarted node
+    /// can rejoin through them. The first write once connected replaces the previous life's
+    /// records wholesale; later ones only touch what changed, so the cost follows churn, not N.
     fn persist_members(&mut self) {
-        if !self.members_dirty {
+        if self.full_rewrite {
+            if self.live.len() == 0 {
+                // Keep the previous life's members: they are the way back in.
+                return;
+            }
+            self.dirty = self.members.keys().cloned().collect();
+        }
+        if self.dirty.is_empty() && !self.full_rewrite {
             return;
         }
         let mut batch = WriteBatch::new();
-        let mut current = BTreeSet::new();
-        for (name, m) in self.members.iter().filter(|(_, m)| m.state.is_live()) {
-            let record = MemberRecord {
-                name: name.clone(),
-                addr: m.addr,
-                incarnation: m.incarnation,
-                state: m.state,
-            };
-            let key = name.as_str().as_bytes().to_vec();
-            batch.put(Table::Members, key.clone(), codec::encode_member(&record));
-            current.insert(key);
+        let mut persisted = self.persisted.clone();
+        if self.full_rewrite {
+            // Keys that are not even valid names (corrupt records) go as well.
+            for key in &self.persisted {
+                batch.delete(Table::Members, key.clone());
+            }
+            persisted.clear();
         }
-        for stale in self.persisted.difference(&current) {
-            batch.delete(Table::Members, stale.clone());
+        for name in &self.dirty {
+            let key = name.as_str().as_bytes().to_vec();
+            match self.members.get(name).filter(|m| m.state.is_live()) {
+                Some(m) => {
+                    let record = MemberRecord {
+                        name: name.clone(),
+                        addr: m.addr,
+                        incarnation: m.incarnation,
+                        state: m.state,
+                    };
+                    batch.put(Table::Members, key.clone(), codec::encode_member(&record));
+                    persisted.insert(key);
+                }
+                None => {
+                    if persisted.remove(&key) {
+                        batch.delete(Table::Members, key);
+                    }
+                }
+            }
         }
         match self.store.write(batch) {
             Ok(()) => {
-                self.persisted = current;
-                self.members_dirty = false;
+                self.persisted = persisted;
+                self.dirty.clear();
+                self.full_rewrite = false;
             }
             // Stays dirty, so the next tick retries.
             Err(_) => self.counters.store_write_failures += 1,
@@ -1790,53 +1866,62 @@ impl<S: Store> Mesh<S> {
     }
 
     fn bucket_of(&self, name: &NodeName) -> u16 {
-        // Invariant: sync_buckets is in 1..=4096 (validated), so the remainder fits in u16.
-        (fnv1a(&[name.as_str().as_bytes()]) % u64::from(self.config.sync_buckets)) as u16
+        self.digest.bucket_of(name)
     }
 
-    /// The anti-entropy digest: per bucket, the wrapping sum of the hashes of live members
-    /// (name, incarnation) and of live entries of live owners (owner, key, generation, version).
-    /// Suspicion and tombstones are left out on purpose: they differ between nodes for a while
-    /// by design, and drilling into them every round would cost bytes for nothing.
     fn digest(&self) -> Vec<u64> {
-        let mut buckets = vec![0u64; usize::from(self.config.sync_buckets)];
-        let mut add = |bucket: u16, hash: u64| {
-            if let Some(slot) = buckets.get_mut(usize::from(bucket)) {
-                *slot = slot.wrapping_add(hash);
-            }
-        };
-        let live = std::iter::once((&self.me, self.incarnation, !self.left)).chain(
+        self.digest.buckets().to_vec()
+    }
+
+    /// Brings `owner`'s contribution to the digest up to date after a change of its liveness,
+    /// incarnation or entries.
+    fn refresh_digest(&mut self, owner: &NodeName) {
+        let live_incarnation = if *owner == self.me {
+            (!self.left).then_some(self.incarnation)
+        } else {
             self.members
-                .iter()
-                .map(|(name, m)| (name, m.incarnation, m.state.is_live())),
+                .get(owner)
+                .and_then(|m| m.state.is_live().then_some(m.incarnation))
+        };
+        self.digest.set_owner(owner, live_incarnation);
+    }
+
+    /// Stores an entry and keeps the digest in step.
+    fn set_entry(&mut self, owner: &NodeName, key: &str, entry: Entry) {
+        let new = entry_hash(
+            owner,
+            key,
+            entry.generation,
+            entry.version,
+            entry.value.is_some(),
         );
-        for (name, incarnation, is_live) in live {
-            if !is_live {
-                continue;
-            }
-            let bucket = self.bucket_of(name);
-            add(
-                bucket,
-                mix(fnv1a(&[
-                    b"m",
-                    name.as_str().as_bytes(),
-                    &incarnation.to_le_bytes(),
-                ])),
-            );
-            for (key, e) in self.entries.get(name).into_iter().flatten() {
-                if e.value.is_some() {
-                    let hash = fnv1a(&[
-                        b"s",
-                        name.as_str().as_bytes(),
-                        key.as_bytes(),
-                        &e.generation.to_le_bytes(),
-                        &e.version.to_le_bytes(),
-                    ]);
-                    add(bucket, mix(hash));
-                }
+        let old = self
+            .entries
+            .entry(owner.clone())
+            .or_default()
+            .insert(key.to_owned(), entry)
+            .map_or(0, |e| {
+                entry_hash(owner, key, e.generation, e.version, e.value.is_some())
+            });
+        self.digest.entry_changed(owner, old, new);
+        self.refresh_digest(owner);
+    }
+
+    /// The digest recomputed from scratch, to check the incremental one.
+    #[cfg(test)]
+    fn digest_recomputed(&self) -> Vec<u64> {
+        let mut check = Digest::new(self.config.sync_buckets);
+        for (owner, map) in &self.entries {
+            for (key, e) in map {
+                let hash = entry_hash(owner, key, e.generation, e.version, e.value.is_some());
+                check.entry_changed(owner, 0, hash);
             }
         }
-        buckets
+        check.set_owner(&self.me, (!self.left).then_some(self.incarnation));
+        for (name, m) in &self.members {
+            check.set_owner(name, m.state.is_live().then_some(m.incarnation));
+        }
+        check.buckets().to_vec()
     }
 
     /// Records of the given buckets (members first, then their entries, tombstones included),
@@ -2024,33 +2109,6 @@ fn suspicion_timeout(min: Duration, max: Duration, k: u32, c: u32) -> Duration {
     Duration::from_micros(timeout.max(micros(min) as f64) as u64)
 }
 
-/// The summary hash: the sum of all bucket hashes.
-fn summary(digest: &[u64]) -> u64 {
-    digest.iter().fold(0u64, |acc, h| acc.wrapping_add(*h))
-}
-
-/// FNV-1a over length-prefixed parts: stable across platforms and Rust versions, unlike std's
-/// hasher, which matters because digests are compared between nodes.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in (part.len() as u64).to_le_bytes().iter().chain(part.iter()) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash
-}
-
-/// The splitmix64 finalizer: spreads FNV's weak low bits before hashes are summed.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// Fisher-Yates with the core's seeded RNG.
 fn shuffle<T>(rng: &mut ChaCha8Rng, items: &mut [T]) {
     for i in (1..items.len()).rev() {
@@ -2071,6 +2129,7 @@ fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
 }
 
 mod broadcast;
+mod digest;
 mod roster;
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ struct Cluster {
     loss: f64,
     /// Directed links that drop everything, datagrams and streams alike (a partition).
     blocked: BTreeSet<(usize, usize)>,
+    /// Extra delay before a node sees any frame: a slow node.
+    slow: BTreeMap<usize, Duration>,
     rng: ChaCha8Rng,
     deaths: Vec<(Time, usize, NodeName)>,
 }
@@ -65,6 +67,7 @@ impl Cluster {
             seq: 0,
             loss: 0.0,
             blocked: BTreeSet::new(),
+            slow: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             deaths: Vec::new(),
         }
@@ -102,7 +105,8 @@ impl Cluster {
             if datagram && self.rng.random_bool(self.loss) {
                 continue;
             }
-            let latency = Duration::from_micros(self.rng.random_range(500..5_000));
+            let latency = Duration::from_micros(self.rng.random_range(500..5_000))
+                + self.slow.get(&j).copied().unwrap_or_default();
             self.seq += 1;
             self.inflight.insert(
                 (self.now + latency, self.seq),
@@ -282,6 +286,12 @@ fn ten_percent_loss_for_ten_minutes_declares_no_healthy_node_dead() {
         "healthy nodes declared dead: {:?}",
         cluster.deaths
     );
+    // The loss did cause false suspicions; refutation is what kept them from becoming deaths.
+    let refutations: u64 = cluster.running().map(|m| m.counters().refutations).sum();
+    assert!(
+        refutations > 0,
+        "the loss never caused a suspicion: the test proves nothing"
+    );
     cluster.loss = 0.0;
     assert!(
         cluster
@@ -340,5 +350,78 @@ fn a_half_half_partition_heals_after_it_ends() {
     assert!(
         healed.is_some(),
         "the partition did not heal within {limit:?}"
+    );
+}
+
+#[test]
+fn a_two_second_slow_node_is_neither_declared_dead_nor_accuses_others() {
+    // Lifeguard: a node that takes 2 s to see anything raises its own awareness and stops
+    // accusing healthy members, and it refutes every suspicion of itself in time.
+    let n = 20;
+    let mut cluster = Cluster::new(n, &Config::lan(), 5);
+    cluster.join_all_through_node_0();
+    assert!(
+        cluster
+            .run_until_true(Duration::from_secs(30), |c| c.full_roster(n))
+            .is_some()
+    );
+    let slow = 3;
+    cluster.slow.insert(slow, Duration::from_secs(2));
+    let end = cluster.now + Duration::from_secs(600);
+    cluster.run_until(end);
+    assert!(
+        cluster.deaths.is_empty(),
+        "healthy nodes declared dead: {:?}",
+        cluster.deaths
+    );
+    let health = cluster.nodes[slow].as_ref().map(Mesh::local_health);
+    assert!(
+        health >= Some(3),
+        "the slow node's awareness stayed at {health:?}"
+    );
+}
+
+/// Messages and bytes sent per node per second by a settled cluster of `n` nodes.
+fn steady_state_cost(n: usize) -> (f64, f64) {
+    let mut cluster = Cluster::new(n, &Config::lan(), 6);
+    cluster.join_all_through_node_0();
+    assert!(
+        cluster
+            .run_until_true(Duration::from_secs(30), |c| c.full_roster(n))
+            .is_some()
+    );
+    cluster.run_until(cluster.now + Duration::from_secs(60));
+    let before: Vec<_> = cluster.running().map(Mesh::counters).collect();
+    let window = Duration::from_secs(120);
+    cluster.run_until(cluster.now + window);
+    let after: Vec<_> = cluster.running().map(Mesh::counters).collect();
+    let (mut messages, mut bytes) = (0, 0);
+    for (b, a) in before.iter().zip(&after) {
+        messages += a.datagrams_sent + a.messages_sent - b.datagrams_sent - b.messages_sent;
+        bytes += a.datagram_bytes_sent + a.message_bytes_sent
+            - b.datagram_bytes_sent
+            - b.message_bytes_sent;
+    }
+    let per_node_second = |x: u64| x as f64 / n as f64 / window.as_secs_f64();
+    (per_node_second(messages), per_node_second(bytes))
+}
+
+#[test]
+fn steady_state_cost_per_node_is_flat_in_n_and_within_budget() {
+    // DESIGN section 9: at most 3 messages and 1 KiB per node per second, not growing with N
+    // (counted in simulated time, so this is a protocol property, not a speed measurement).
+    let (small_messages, small_bytes) = steady_state_cost(20);
+    let (large_messages, large_bytes) = steady_state_cost(50);
+    for (messages, bytes) in [(small_messages, small_bytes), (large_messages, large_bytes)] {
+        assert!(messages <= 3.0, "{messages} messages per node per second");
+        assert!(bytes <= 1024.0, "{bytes} bytes per node per second");
+    }
+    assert!(
+        large_messages <= small_messages * 1.1,
+        "{small_messages} -> {large_messages}"
+    );
+    assert!(
+        large_bytes <= small_bytes * 1.1,
+        "{small_bytes} -> {large_bytes}"
     );
 }
