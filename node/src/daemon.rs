@@ -331,6 +331,10 @@ impl Actor {
                 bytes,
                 reply_tx,
             } => {
+                let kind = request_kind(&bytes);
+                if kind == Some("commit") {
+                    self.faults.crash("participant-before-commit");
+                }
                 let answer = match mesh_name(&from) {
                     Ok(from) => {
                         let wall = self.clock.unix_ms(now);
@@ -339,6 +343,11 @@ impl Actor {
                     }
                     Err(_) => None,
                 };
+                match kind {
+                    Some("prepare") => self.faults.crash("participant-after-prepare"),
+                    Some("deliver") if self.faults.fire("drop-delivered-reply") => return,
+                    _ => {}
+                }
                 let _ = reply_tx.send(answer);
                 return;
             }
@@ -891,7 +900,11 @@ enum Answer {
 /// The kind of a peer request, for fault points and logs.
 fn request_kind(bytes: &[u8]) -> Option<&'static str> {
     use podmesh_mesh::PeerRequest;
-    let request = PeerRequest::decode(bytes, crate::transport::TransportLimits::default().frame_size_max).ok()?;
+    let request = PeerRequest::decode(
+        bytes,
+        crate::transport::TransportLimits::default().frame_size_max,
+    )
+    .ok()?;
     Some(match request {
         PeerRequest::Prepare { .. } => "prepare",
         PeerRequest::Commit { .. } => "commit",

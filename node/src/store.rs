@@ -133,8 +133,13 @@ impl Store for RedbStore {
         let touches_log = batch.ops().iter().any(|op| {
             matches!(
                 op,
-                WriteOp::Put { table: Table::Handshakes, .. }
-                    | WriteOp::Delete { table: Table::Handshakes, .. }
+                WriteOp::Put {
+                    table: Table::Handshakes,
+                    ..
+                } | WriteOp::Delete {
+                    table: Table::Handshakes,
+                    ..
+                }
             )
         });
         if self.fail_next_handshake_write && touches_log {

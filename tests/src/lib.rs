@@ -20,8 +20,11 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often waits poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The `podmesh` binary: `$PODMESH_BIN`, else next to this test binary's `deps/` directory,
-/// built once with cargo if missing.
+/// The `podmesh` binary: `$PODMESH_BIN`, else the one cargo builds next to this test binary.
+///
+/// A test run of this crate alone does not rebuild another package's binary, so the harness
+/// asks cargo to build it once (with the fault points the suite needs); cargo makes that a
+/// no-op when it is up to date.
 pub fn podmesh_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -33,16 +36,25 @@ pub fn podmesh_bin() -> &'static Path {
             .parent()
             .and_then(Path::parent)
             .expect("test binaries live in <target>/<profile>/deps");
-        let bin = profile_dir.join("podmesh");
-        if !bin.exists() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "podmesh", "--bin", "podmesh"])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building the podmesh binary failed");
-        }
-        bin
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "podmesh",
+                "--bin",
+                "podmesh",
+                "--features",
+                "fault-points",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .stdin(Stdio::null())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the podmesh binary failed");
+        profile_dir.join("podmesh")
     })
 }
 
