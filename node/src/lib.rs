@@ -13,3 +13,4 @@ pub mod directory;
 pub mod faults;
 pub mod store;
 pub mod transport;
+pub mod tui;

@@ -1,0 +1,1 @@
+//! The terminal UI attached to the local node (`podmesh tui`).
