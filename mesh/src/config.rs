@@ -56,7 +56,8 @@ pub struct Config {
     /// seeds. Must be >= 1. Default 3.
     pub rejoin_fanout: usize,
     /// Time between writes of the known members to the store (only when they changed). Must be
-    /// > 0. Default 10 s.
+    /// > 0. Default 1 s: a node that crashes soon after joining still remembers whom to
+    /// rejoin, and a quiet mesh writes nothing. Raise it if membership churns on slow disks.
     pub persist_interval: Duration,
     /// Dead and left members, and deleted state entries, are kept this long and then collected.
     /// Must be >= `gossip_to_dead` and long enough for gossip and anti-entropy to spread the
@@ -116,7 +117,7 @@ impl Config {
             sync_buckets: 64,
             reconnect_interval: Duration::from_secs(10),
             rejoin_fanout: 3,
-            persist_interval: Duration::from_secs(10),
+            persist_interval: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(300),
             datagram_size_max: 1200,
             message_size_max: 1 << 20,

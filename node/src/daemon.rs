@@ -29,6 +29,7 @@ use crate::directory::{self, Directory, DirectoryEntry};
 use crate::faults::Faults;
 use crate::store::RedbStore;
 use crate::transport::{Channel, Destination, Inbound, Transport, TransportLimits};
+use podmesh_mesh::Store as _;
 
 /// How long a leaving node keeps gossiping its `left` state before it exits.
 pub const LEAVE_GRACE_MAX: Duration = Duration::from_secs(3);
@@ -866,6 +867,12 @@ impl Actor {
             "connections": self.transport.connection_count(),
             "pods": self.peers.pods().count(),
             "handshakes_logged": self.peers.handshakes_logged(),
+            "members_persisted": self
+                .mesh
+                .store()
+                .scan(podmesh_mesh::Table::Members)
+                .map(|rows| rows.len())
+                .unwrap_or(0),
             "counters": {
                 "datagrams_sent": counters.datagrams_sent,
                 "messages_sent": counters.messages_sent,
