@@ -55,9 +55,9 @@ pub struct Config {
     /// How many last known members a node with no live member contacts at once when it has no
     /// seeds. Must be >= 1. Default 3.
     pub rejoin_fanout: usize,
-    /// Time between writes of the known members to the store (only when they changed). Must be
-    /// > 0. Default 1 s: a node that crashes soon after joining still remembers whom to
-    /// rejoin, and a quiet mesh writes nothing. Raise it if membership churns on slow disks.
+    /// Time between writes of the known members to the store (only when they changed); must
+    /// not be zero. Default 1 s: a node that crashes soon after joining still remembers whom
+    /// to rejoin, and a quiet mesh writes nothing. Raise it if membership churns on slow disks.
     pub persist_interval: Duration,
     /// Dead and left members, and deleted state entries, are kept this long and then collected.
     /// Must be >= `gossip_to_dead` and long enough for gossip and anti-entropy to spread the
