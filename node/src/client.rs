@@ -107,6 +107,18 @@ impl Client {
             .map_err(|_| ClientError::Protocol("no reply from the node in time".into()))?
     }
 
+    /// Sends a request without waiting for its reply (for `attach`, whose reply follows the
+    /// prelude); read what comes with [`Client::next_event`].
+    pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// The next event (a message without a request id, or a stray reply).
     pub async fn next_event(&mut self) -> Result<Reply, ClientError> {
         if let Some(event) = self.pending_events.pop_front() {

@@ -339,3 +339,74 @@ fn relations_and_inboxes_survive_restarts_of_both_nodes() {
     assert_eq!(inbox["messages"][0]["message"], "kept");
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn an_attached_client_gets_alerts_then_one_snapshot_then_live_notifications() {
+    // The attach prelude of docs/local-api.md, and the sender label from the TLS identity.
+    let (mut cluster, _) = two_nodes(&[], &[]);
+    ok(cluster.api("n1", "register_peer", json!({ "pod": "a", "name": "b@n2" })));
+    // Sent while nobody is attached to b: it must come back as an alert.
+    ok(cluster.api(
+        "n1",
+        "send_to_peer",
+        json!({ "pod": "a", "name": "b@n2", "message": "early" }),
+    ));
+    let socket = cluster.node("n2").data_dir.join("podmesh.sock");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut client = runtime
+        .block_on(podmesh::client::Client::connect(&socket))
+        .unwrap();
+    let next = |client: &mut podmesh::client::Client| {
+        runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), client.next_event()).await
+            })
+            .expect("an event within the bound")
+            .unwrap()
+    };
+
+    let attach = podmesh::api::Request {
+        id: Some(7),
+        method: "attach".into(),
+        params: json!({ "pod": "b" }),
+    };
+    runtime.block_on(client.send(&attach)).unwrap();
+    let mut prelude = Vec::new();
+    loop {
+        let event = next(&mut client);
+        let done = event.event == "snapshot";
+        prelude.push(event);
+        if done {
+            break;
+        }
+    }
+    let events: Vec<&str> = prelude.iter().map(|e| e.event.as_str()).collect();
+    assert!(
+        events.iter().filter(|e| **e == "snapshot").count() == 1,
+        "{events:?}"
+    );
+    assert!(
+        prelude
+            .iter()
+            .any(|e| e.event == "alert" && e.data["data"]["message"] == "early"),
+        "{prelude:?}"
+    );
+    assert_eq!(prelude.last().unwrap().id, Some(7));
+    // A live message arrives as a notification labelled with the authenticated sender.
+    ok(cluster.api(
+        "n1",
+        "send_to_peer",
+        json!({ "pod": "a", "name": "b@n2", "message": "live" }),
+    ));
+    let notification = loop {
+        let event = next(&mut client);
+        if event.event == "notification" {
+            break event;
+        }
+    };
+    assert_eq!(notification.data["from"], "a@n1");
+    assert_eq!(notification.data["message"], "live");
+}
