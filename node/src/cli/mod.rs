@@ -2,6 +2,7 @@
 
 mod certs;
 mod client;
+mod demo;
 mod node;
 mod pods;
 
@@ -44,6 +45,9 @@ enum Command {
     Inbox(pods::InboxArgs),
     /// Send one raw local API request and print the reply as JSON (for scripts).
     Api(client::ApiArgs),
+    /// A throwaway three-node mesh on 127.0.0.1: Pods, a peer relation, a message, the tables;
+    /// then the TUI on a terminal. Start here.
+    Demo(demo::DemoArgs),
     /// Make a node leave the mesh gracefully (others see it as `left`, not dead) and stop.
     Leave(client::LeaveArgs),
 }
@@ -72,5 +76,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inbox(args) => pods::inbox(args),
         Command::Leave(args) => client::leave(args),
         Command::Api(args) => client::api(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
