@@ -41,6 +41,44 @@ pub const PENDING_CALLS_MAX: usize = 1024;
 /// Replicated state key of the node's own information.
 pub const NODE_INFO_KEY: &str = "node";
 
+/// The words before the bound address in the line a node prints once it listens.
+const LISTENING: &str = "listening on";
+
+/// Waits (at most `timeout`) for a `podmesh node run` child, started with a piped stdout, to
+/// print its listening line, and returns the address it bound. The rest of its stdout is
+/// drained on a thread so the node never blocks on a full pipe. On failure the child is
+/// killed and reaped.
+pub fn wait_until_listening(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> anyhow::Result<SocketAddr> {
+    use std::io::BufRead;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the node's stdout is not piped"))?;
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = line_tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let address = line_rx.recv_timeout(timeout).ok().and_then(|line| {
+        let (_, rest) = line.split_once(LISTENING)?;
+        rest.split_whitespace().next()?.parse().ok()
+    });
+    match address {
+        Some(address) => Ok(address),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the node did not report listening within {timeout:?}")
+        }
+    }
+}
+
 /// Everything `podmesh node run` needs, resolved from flags, environment and file.
 #[derive(Clone, Debug)]
 pub struct NodeSettings {
@@ -174,8 +212,8 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         node = %node, mesh = %identity.claim.mesh, listen = %bound, advertise = %advertise,
         incarnation = mesh.incarnation(), data_dir = %data_dir.display(), "node started"
     );
-    // One line on stdout that scripts and tests can wait for.
-    println!("podmesh node {node} listening on {bound} (advertising {advertise})");
+    // One line on stdout that scripts and tests can wait for (see `wait_until_listening`).
+    println!("podmesh node {node} {LISTENING} {bound} (advertising {advertise})");
 
     let peers = Peers::load(
         mesh.name().clone(),

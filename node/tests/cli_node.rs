@@ -1,7 +1,6 @@
 //! `podmesh node run` refuses to start, with one line and a non-zero exit, when it cannot run
 //! safely.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -67,19 +66,7 @@ fn started(mut command: Command) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the node starts");
-    assert!(line.contains("listening on"), "{line}");
+    podmesh::daemon::wait_until_listening(&mut child, Duration::from_secs(20)).unwrap();
     child
 }
 

@@ -5,7 +5,6 @@
 //! killed and reaped when its [`Cluster`] is dropped, even when the test panics.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -217,33 +216,14 @@ impl Cluster {
             command.args(["--join", &seed.to_string()]);
         }
         let mut child = command.spawn().context("spawning podmesh node run")?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        // The node prints one line when it listens; read it on a thread so the wait is bounded.
-        let (line_tx, line_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = line_tx.send(line);
-            }
-            // Keep draining so the node never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match line_rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "node {name} did not start within {START_TIMEOUT:?}: {}",
+        let addr = podmesh::daemon::wait_until_listening(&mut child, START_TIMEOUT).with_context(
+            || {
+                format!(
+                    "node {name}: {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        let addr: SocketAddr = line
-            .split_whitespace()
-            .nth(5)
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("unexpected start line {line:?}"))?;
+                )
+            },
+        )?;
         self.nodes.insert(
             name.to_owned(),
             Node {

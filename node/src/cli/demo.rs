@@ -1,7 +1,7 @@
 //! `podmesh demo`: a throwaway mesh of three nodes on 127.0.0.1, with Pods, a peer relation
 //! across nodes and a delivered message, then (on a terminal) the TUI on the first node.
 
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -226,31 +226,8 @@ fn start_node(
         command.args(["--join", &seed.to_string()]);
     }
     let mut child = command.spawn().context("starting a node")?;
-    let stdout = child.stdout.take().context("node stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(WAIT_MAX) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "node {name} did not start; see {}",
-                node_dir.join("node.log").display()
-            );
-        }
-    };
-    let addr = line
-        .split_whitespace()
-        .nth(5)
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("unexpected start line {line:?}"))?;
+    let addr = podmesh::daemon::wait_until_listening(&mut child, WAIT_MAX)
+        .with_context(|| format!("node {name}: see {}", node_dir.join("node.log").display()))?;
     Ok((child, addr))
 }
 
