@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub mod relay;
 use serde_json::Value;
 
 /// How long a node may take to print its listening line.
@@ -91,6 +93,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// The QUIC address it listens on.
     pub addr: SocketAddr,
+    /// The address it advertises (its relay's), when it runs behind a relay.
+    pub advertise: Option<SocketAddr>,
     /// Its log file (stderr).
     pub log: PathBuf,
     child: Option<Child>,
@@ -183,12 +187,49 @@ impl Cluster {
         self.spawn_with(name, certs_dir, listen, join, &[])
     }
 
+    /// Starts node `name` behind a relay of `network`: it advertises the relay's address, so
+    /// every packet to it crosses the relay. `join` lists seeds' advertised (relay) addresses.
+    /// Returns the relay's address.
+    pub fn start_relayed(
+        &mut self,
+        network: &relay::Network,
+        name: &str,
+        join: &[SocketAddr],
+    ) -> anyhow::Result<SocketAddr> {
+        let certs_dir = self.issue(name, None)?;
+        let relay = network.relay(name)?;
+        let advertise = relay.addr;
+        self.launch(
+            name,
+            certs_dir,
+            "127.0.0.1:0".parse()?,
+            Some(advertise),
+            join,
+            &[],
+        )?;
+        let node_addr = self.node(name).addr;
+        network.attach(relay, node_addr);
+        Ok(advertise)
+    }
+
     /// Starts a node with extra environment variables.
     pub fn spawn_with(
         &mut self,
         name: &str,
         certs_dir: PathBuf,
         listen: SocketAddr,
+        join: &[SocketAddr],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<SocketAddr> {
+        self.launch(name, certs_dir, listen, None, join, env)
+    }
+
+    fn launch(
+        &mut self,
+        name: &str,
+        certs_dir: PathBuf,
+        listen: SocketAddr,
+        advertise: Option<SocketAddr>,
         join: &[SocketAddr],
         env: &[(&str, &str)],
     ) -> anyhow::Result<SocketAddr> {
@@ -215,6 +256,9 @@ impl Cluster {
         for seed in join {
             command.args(["--join", &seed.to_string()]);
         }
+        if let Some(advertise) = advertise {
+            command.args(["--advertise", &advertise.to_string()]);
+        }
         let mut child = command.spawn().context("spawning podmesh node run")?;
         let addr = podmesh::daemon::wait_until_listening(&mut child, START_TIMEOUT).with_context(
             || {
@@ -231,6 +275,7 @@ impl Cluster {
                 certs_dir,
                 data_dir,
                 addr,
+                advertise,
                 log,
                 child: Some(child),
             },
@@ -265,11 +310,11 @@ impl Cluster {
     pub fn restart(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
         self.kill(name);
         // A process that crashed by itself is reaped by kill() above; start afresh.
-        let (certs_dir, addr) = {
+        let (certs_dir, addr, advertise) = {
             let node = self.node(name);
-            (node.certs_dir.clone(), node.addr)
+            (node.certs_dir.clone(), node.addr, node.advertise)
         };
-        self.spawn(name, certs_dir, addr, join)
+        self.launch(name, certs_dir, addr, advertise, join, &[])
     }
 
     /// Waits for `name`'s process to exit by itself and returns whether it exited cleanly.
