@@ -1,0 +1,124 @@
+//! Real processes behind UDP relays: partitions, one-way partitions and loss between nodes.
+
+use std::time::{Duration, Instant};
+
+use podmesh_tests::relay::Network;
+use podmesh_tests::{Cluster, wait_for};
+use serde_json::{Value, json};
+
+/// How long membership may take to notice a cut or converge after heal on a loaded machine.
+const CONVERGE_MAX: Duration = Duration::from_secs(60);
+
+fn states(cluster: &mut Cluster, observer: &str) -> Vec<(String, String)> {
+    cluster
+        .members(observer)
+        .map(|m| m.into_iter().map(|(k, v)| (k, v.0)).collect())
+        .unwrap_or_default()
+}
+
+fn all_alive(cluster: &mut Cluster, names: &[&str]) -> bool {
+    names.iter().all(|o| {
+        let seen = states(cluster, o);
+        seen.len() == names.len() && seen.iter().all(|(_, s)| s == "alive")
+    })
+}
+
+fn api_ok(cluster: &mut Cluster, node: &str, method: &str, params: Value) -> Value {
+    match cluster.api(node, method, params).unwrap() {
+        Ok(v) => v,
+        Err((code, message)) => panic!("{method} on {node}: {code}: {message}"),
+    }
+}
+
+fn peers_of(cluster: &mut Cluster, node: &str, pod: &str) -> Vec<String> {
+    api_ok(cluster, node, "pod_status", json!({ "name": pod }))["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn logged(cluster: &mut Cluster, node: &str) -> u64 {
+    api_ok(cluster, node, "node_info", json!({}))["handshakes_logged"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn a_halves_partition_heals_and_a_handshake_across_it_fails_cleanly_then_succeeds() {
+    // Guarantees: membership converges after heal; a handshake across the cut changes nothing
+    // on either side; the same request after heal succeeds on both sides.
+    let network = Network::new();
+    let mut cluster = Cluster::new("e2e").unwrap();
+    let names = ["n1", "n2", "n3", "n4"];
+    let seed = cluster.start_relayed(&network, "n1", &[]).unwrap();
+    for name in &names[1..] {
+        cluster.start_relayed(&network, name, &[seed]).unwrap();
+    }
+    assert!(
+        wait_for(CONVERGE_MAX, || all_alive(&mut cluster, &names)
+            .then_some(()))
+        .is_some()
+    );
+    api_ok(&mut cluster, "n1", "pod_create", json!({ "name": "a" }));
+    api_ok(&mut cluster, "n3", "pod_create", json!({ "name": "c" }));
+
+    network.partition(&["n1", "n2"], &["n3", "n4"]);
+    let cut = wait_for(CONVERGE_MAX, || {
+        let seen = states(&mut cluster, "n1");
+        seen.iter()
+            .filter(|(n, s)| (n == "n3" || n == "n4") && s == "dead")
+            .count()
+            .eq(&2)
+            .then_some(())
+    });
+    assert!(
+        cut.is_some(),
+        "n1 never saw the far side dead: {:?}",
+        states(&mut cluster, "n1")
+    );
+
+    let across = cluster
+        .api("n1", "register_peer", json!({ "pod": "a", "name": "c@n3" }))
+        .unwrap();
+    assert_eq!(across.unwrap_err().0, "unreachable");
+    assert!(peers_of(&mut cluster, "n1", "a").is_empty());
+    assert!(peers_of(&mut cluster, "n3", "c").is_empty());
+
+    let healed_at = Instant::now();
+    network.heal();
+    let healed = wait_for(CONVERGE_MAX, || {
+        all_alive(&mut cluster, &names).then_some(())
+    });
+    assert!(
+        healed.is_some(),
+        "no convergence after heal: {:?}",
+        states(&mut cluster, "n1")
+    );
+    eprintln!(
+        "4 nodes converged {:?} after the partition healed",
+        healed_at.elapsed()
+    );
+
+    // The aborted attempt left nothing behind once both sides could talk again.
+    let clean = wait_for(CONVERGE_MAX, || {
+        (logged(&mut cluster, "n1") == 0 && logged(&mut cluster, "n3") == 0).then_some(())
+    });
+    assert!(clean.is_some());
+    assert!(peers_of(&mut cluster, "n3", "c").is_empty());
+
+    let retried = api_ok(
+        &mut cluster,
+        "n1",
+        "register_peer",
+        json!({ "pod": "a", "name": "c@n3" }),
+    );
+    assert_eq!(retried["peer"], "c@n3");
+    let settled = wait_for(CONVERGE_MAX, || {
+        (logged(&mut cluster, "n1") == 0 && logged(&mut cluster, "n3") == 0).then_some(())
+    });
+    assert!(settled.is_some());
+    assert_eq!(peers_of(&mut cluster, "n1", "a"), ["c@n3"]);
+    assert_eq!(peers_of(&mut cluster, "n3", "c"), ["a@n1"]);
+}
