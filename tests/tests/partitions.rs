@@ -122,3 +122,47 @@ fn a_halves_partition_heals_and_a_handshake_across_it_fails_cleanly_then_succeed
     assert_eq!(peers_of(&mut cluster, "n1", "a"), ["c@n3"]);
     assert_eq!(peers_of(&mut cluster, "n3", "c"), ["a@n1"]);
 }
+
+#[test]
+fn a_one_way_partition_declares_no_one_dead() {
+    // n1 cannot reach n2 (n2 still reaches n1): indirect probes through n3 keep both alive.
+    let network = Network::new();
+    let mut cluster = Cluster::new("e2e").unwrap();
+    let names = ["n1", "n2", "n3"];
+    let seed = cluster.start_relayed(&network, "n1", &[]).unwrap();
+    for name in &names[1..] {
+        cluster.start_relayed(&network, name, &[seed]).unwrap();
+    }
+    assert!(
+        wait_for(CONVERGE_MAX, || all_alive(&mut cluster, &names)
+            .then_some(()))
+        .is_some()
+    );
+
+    network.block("n1", "n2");
+    // Watch for twice the LAN detection budget for 3 nodes (7 s): long enough for a
+    // suspicion to run out if nothing refuted it.
+    let window = Duration::from_secs(14);
+    let started = Instant::now();
+    let mut dead_seen = Vec::new();
+    while started.elapsed() < window {
+        for observer in names {
+            for (member, state) in states(&mut cluster, observer) {
+                if state == "dead" {
+                    dead_seen.push((observer, member));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        dead_seen.is_empty(),
+        "declared dead under a one-way partition: {dead_seen:?}"
+    );
+    network.heal();
+    assert!(
+        wait_for(CONVERGE_MAX, || all_alive(&mut cluster, &names)
+            .then_some(()))
+        .is_some()
+    );
+}
