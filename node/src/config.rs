@@ -101,9 +101,9 @@ pub fn resolve(what: &str, addr: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow::anyhow!("{what} {addr:?} resolves to no address"))
 }
 
-/// The default data directory of `node`: `$XDG_DATA_HOME/podmesh/<node>`, else
-/// `$HOME/.local/share/podmesh/<node>`.
-pub fn default_data_dir(node: &str) -> anyhow::Result<PathBuf> {
+/// Where default data directories live: `$XDG_DATA_HOME/podmesh`, else
+/// `$HOME/.local/share/podmesh`.
+pub fn data_root() -> anyhow::Result<PathBuf> {
     let base = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -111,7 +111,12 @@ pub fn default_data_dir(node: &str) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| {
             anyhow::anyhow!("no --data-dir given and neither XDG_DATA_HOME nor HOME is set")
         })?;
-    Ok(base.join("podmesh").join(node))
+    Ok(base.join("podmesh"))
+}
+
+/// The default data directory of `node`: `<data_root>/<node>`.
+pub fn default_data_dir(node: &str) -> anyhow::Result<PathBuf> {
+    Ok(data_root()?.join(node))
 }
 
 #[cfg(test)]

@@ -31,10 +31,7 @@ impl Target {
         if let Some(dir) = &self.data_dir {
             return Ok(socket_path(dir));
         }
-        let root = podmesh::config::default_data_dir("x")?
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let root = podmesh::config::data_root()?;
         let sockets: Vec<PathBuf> = std::fs::read_dir(&root)
             .map(|dir| {
                 dir.filter_map(Result::ok)
