@@ -63,6 +63,19 @@
 //! from nodes the transport authenticated; their membership claims about third parties are
 //! accepted, as in memberlist and Serf, but a frame that does not decode is only counted.
 //!
+//! # Pods and peers
+//!
+//! [`Peers`] is a second machine, driven next to [`Mesh`] and sharing its store
+//! ([`Mesh::store_mut`]). It holds this node's Pods, runs the reciprocal peer handshake as a
+//! two-phase exchange with presumed abort (durable logs on both sides, rollback to the exact
+//! prior state, resumption after a crash) and delivers messages to peers durably and exactly
+//! once. Call order: [`Peers::load`] after [`Mesh::new`]; local operations through
+//! [`Peers::handle_local`]; requests from other nodes through [`Peers::handle_request`], whose
+//! return value is the answer; answers to this node's requests through
+//! [`Peers::handle_response`]; timers through [`Peers::poll_timeout`] and
+//! [`Peers::handle_timeout`]; then drain [`Peers::poll_output`], publishing Pod records through
+//! [`Command::PutState`] under [`PodRecord::state_key`].
+//!
 //! The wire format lives in one module and is documented in `docs/wire.md`.
 
 #![forbid(unsafe_code)]
