@@ -5,6 +5,7 @@ mod client;
 mod demo;
 mod node;
 mod pods;
+mod tui;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,8 @@ enum Command {
     Send(pods::SendArgs),
     /// Show a Pod's inbox (messages from its peers).
     Inbox(pods::InboxArgs),
+    /// Open the terminal UI on a local Pod: visible Pods, members, notifications, `:` commands.
+    Tui(tui::TuiArgs),
     /// Send one raw local API request and print the reply as JSON (for scripts).
     Api(client::ApiArgs),
     /// A throwaway three-node mesh on 127.0.0.1: Pods, a peer relation, a message, the tables;
@@ -76,6 +79,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inbox(args) => pods::inbox(args),
         Command::Leave(args) => client::leave(args),
         Command::Api(args) => client::api(args),
+        Command::Tui(args) => tui::run(args),
         Command::Demo(args) => demo::run(args),
     }
 }

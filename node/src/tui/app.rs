@@ -276,6 +276,29 @@ impl App {
         }
     }
 
+    /// Applies the reply to a request this app sent. A relation change also arrives as a live
+    /// event on the attached connection, which records it; the reply only shows the notice.
+    pub fn apply_answer(&mut self, event: &str, data: &Value, now: Instant) {
+        match event {
+            "peer_registered" | "peer_unregistered" => {
+                let verb = if event == "peer_registered" {
+                    "registered"
+                } else {
+                    "unregistered"
+                };
+                self.notice(
+                    format!(
+                        "Peer {verb}: `{}` <-> `{}`",
+                        data["source"].as_str().unwrap_or("?"),
+                        data["peer"].as_str().unwrap_or("?")
+                    ),
+                    now,
+                );
+            }
+            _ => self.apply(event, data, now),
+        }
+    }
+
     /// Handles one typed character.
     pub fn type_char(&mut self, c: char) {
         self.input.push(c);
@@ -670,6 +693,18 @@ mod tests {
             1,
             "still in the events pane, not the bar"
         );
+    }
+
+    #[test]
+    fn a_relation_change_is_listed_once_when_both_reply_and_event_arrive() {
+        // The requester gets a reply and, being attached, the live event: one line, one notice.
+        let mut app = connected();
+        let now = Instant::now();
+        let data = json!({ "source": "a@n1", "peer": "b@n2" });
+        app.apply_answer("peer_registered", &data, now);
+        app.apply("peer_registered", &data, now);
+        assert_eq!(app.events.len(), 1);
+        assert!(screen(&app, now).contains("Peer registered: `a@n1` <-> `b@n2`"));
     }
 
     #[test]
