@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod relay;
+pub mod tmux;
 use serde_json::Value;
 
 /// How long a node may take to print its listening line.

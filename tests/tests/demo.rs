@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use podmesh_tests::tmux::Terminal;
 use podmesh_tests::{podmesh_bin, wait_for};
 
 #[test]
@@ -50,4 +51,28 @@ fn the_demo_shows_three_alive_nodes_a_reciprocal_relation_and_the_message_then_c
         out.stdout.is_empty().then_some(())
     });
     assert!(gone.is_some(), "demo nodes still running");
+}
+
+#[test]
+fn the_demo_on_a_terminal_opens_the_tui_and_quitting_it_ends_the_demo() {
+    // Without --once, on a terminal, the demo hands the terminal to the TUI attached to alice.
+    let command = format!(
+        "{} demo; echo demo-exit-status=$?; sleep 600",
+        podmesh_bin().display()
+    );
+    let term = Terminal::start(&command, 140, 40);
+    let wait = Duration::from_secs(60);
+    let screen = term.wait_screen(wait, "the TUI attached to alice", |s| {
+        s.contains("Pods visible to alice@n1")
+    });
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("bob@n2") && l.contains("peer")),
+        "{screen}"
+    );
+    term.enter(":quit");
+    let screen = term.wait_screen(wait, "the demo's exit", |s| s.contains("demo-exit-status="));
+    assert!(screen.contains("demo-exit-status=0"), "{screen}");
+    assert!(screen.contains("removing the demo directory"), "{screen}");
 }

@@ -128,6 +128,9 @@ pub struct App {
     pub pods: Vec<Value>,
     /// Rows of the members pane.
     pub members: Vec<Value>,
+    /// Set when an event changed who the Pod sees (a peer came or went), so the UI loop
+    /// refreshes the Pods pane now rather than at its next periodic refresh.
+    pub pods_stale: bool,
     events: VecDeque<String>,
     input: String,
     history: Vec<String>,
@@ -157,6 +160,7 @@ impl App {
             connected: false,
             pods: Vec::new(),
             members: Vec::new(),
+            pods_stale: false,
             events: VecDeque::new(),
             input: String::new(),
             history: Vec::new(),
@@ -228,6 +232,7 @@ impl App {
                 ));
             }
             "peer_registered" | "peer_unregistered" => {
+                self.pods_stale = true;
                 let verb = if event == "peer_registered" {
                     "registered"
                 } else {
@@ -281,6 +286,7 @@ impl App {
     pub fn apply_answer(&mut self, event: &str, data: &Value, now: Instant) {
         match event {
             "peer_registered" | "peer_unregistered" => {
+                self.pods_stale = true;
                 let verb = if event == "peer_registered" {
                     "registered"
                 } else {
@@ -705,6 +711,20 @@ mod tests {
         app.apply("peer_registered", &data, now);
         assert_eq!(app.events.len(), 1);
         assert!(screen(&app, now).contains("Peer registered: `a@n1` <-> `b@n2`"));
+    }
+
+    #[test]
+    fn a_relation_change_marks_the_pods_pane_for_refresh() {
+        // Both the reply to our own :peer and a live event about a relation ask for a refresh.
+        let data = json!({ "source": "a@n1", "peer": "b@n2" });
+        let now = Instant::now();
+        let mut app = connected();
+        assert!(!app.pods_stale);
+        app.apply_answer("peer_registered", &data, now);
+        assert!(app.pods_stale);
+        let mut app = connected();
+        app.apply("peer_unregistered", &data, now);
+        assert!(app.pods_stale);
     }
 
     #[test]

@@ -86,6 +86,10 @@ async fn ui_loop(
                 while let Ok(message) = node_rx.try_recv() {
                     on_node_message(&mut app, message);
                 }
+                if app.pods_stale {
+                    app.pods_stale = false;
+                    request(&socket, "list_pods", json!({ "pod": app.pod }), &node_tx);
+                }
             }
             _ = ticks.tick() => {
                 app.tick(Instant::now());
