@@ -10,6 +10,7 @@ use crate::wait_for;
 /// A tmux server on a socket of its own with one session named `term`, running `command`
 /// through the shell in a `width` x `height` window. The server and everything in it is
 /// killed on drop, even when the test panics.
+#[derive(Debug)]
 pub struct Terminal {
     socket: String,
 }
