@@ -59,6 +59,13 @@ impl Terminal {
         assert!(sent.status.success(), "{sent:?}");
     }
 
+    /// Resizes the terminal, as a user dragging the window would.
+    pub fn resize(&self, width: u16, height: u16) {
+        let (width, height) = (width.to_string(), height.to_string());
+        let resized = self.tmux(&["resize-window", "-t", "term", "-x", &width, "-y", &height]);
+        assert!(resized.status.success(), "{resized:?}");
+    }
+
     /// The visible screen, one line per row.
     pub fn screen(&self) -> String {
         String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", "term"]).stdout)

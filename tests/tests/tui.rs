@@ -89,6 +89,25 @@ fn the_tui_peers_shows_messages_and_liveness_and_quits_cleanly() {
         killed.elapsed()
     );
 
+    // A node restart: the TUI says it lost the node, reconnects by itself and says so, and the
+    // durable relation is still listed.
+    cluster.restart("n1", &[]).unwrap();
+    tmux.wait_screen(SCREEN_MAX, "the reconnection", |s| {
+        s.contains("the node went away; reconnecting") && s.contains("reconnected to the node")
+    });
+    tmux.wait_screen(SCREEN_MAX, "b@n2 still a peer after the restart", |s| {
+        s.lines().any(|l| l.contains("b@n2") && l.contains("peer"))
+    });
+
+    // A smaller terminal: the TUI redraws to fit (the Pods pane's title and the footer stay).
+    tmux.resize(90, 24);
+    tmux.wait_screen(SCREEN_MAX, "the TUI redrawn at 90x24", |s| {
+        s.lines().count() <= 24
+            && s.lines().all(|l| l.chars().count() <= 90)
+            && s.contains("Pods visible to a@n1")
+            && s.contains(":quit")
+    });
+
     tmux.enter(":quit");
     let screen = tmux.wait_screen(SCREEN_MAX, "the TUI's exit", |s| {
         s.contains("tui-exit-status=")

@@ -131,6 +131,9 @@ pub struct App {
     /// Set when an event changed who the Pod sees (a peer came or went), so the UI loop
     /// refreshes the Pods pane now rather than at its next periodic refresh.
     pub pods_stale: bool,
+    /// Whether the connection to the node was lost at least once (so a new one is a
+    /// reconnection, and said so).
+    pub lost_node: bool,
     events: VecDeque<String>,
     input: String,
     history: Vec<String>,
@@ -161,6 +164,7 @@ impl App {
             pods: Vec::new(),
             members: Vec::new(),
             pods_stale: false,
+            lost_node: false,
             events: VecDeque::new(),
             input: String::new(),
             history: Vec::new(),

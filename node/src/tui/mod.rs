@@ -110,13 +110,21 @@ fn on_node_message(app: &mut App, message: NodeMsg) {
     match message {
         NodeMsg::Connected => {
             if !app.connected {
-                app.notice("connected to the node", now);
+                let text = if app.lost_node {
+                    "reconnected to the node"
+                } else {
+                    "connected to the node"
+                };
+                app.notice(text, now);
+                app.push_event(text.to_owned());
             }
             app.connected = true;
         }
         NodeMsg::Disconnected => {
             if app.connected {
                 app.error("the node went away; reconnecting", now);
+                app.push_event("the node went away; reconnecting".to_owned());
+                app.lost_node = true;
             }
             app.connected = false;
         }
