@@ -680,6 +680,42 @@ impl Peers {
         self.coordinating.len() + self.participating.len()
     }
 
+    /// The Pod pairs of every logged handshake, as (requesting Pod, asked Pod), whether this
+    /// node coordinates it or takes part in it. Empty once every handshake has settled.
+    pub fn handshake_pairs(&self) -> Vec<(PodAddr, PodAddr)> {
+        let coordinating = self
+            .coordinating
+            .values()
+            .map(|e| (e.source.clone(), e.target.clone()));
+        let participating = self.participating.values().map(|e| {
+            let target = PodAddr {
+                pod: e.target.clone(),
+                node: self.me.clone(),
+            };
+            (e.source.clone(), target)
+        });
+        coordinating.chain(participating).collect()
+    }
+
+    /// Every message in the inboxes of `store`, by receiving Pod, oldest first. For checkers
+    /// that look at a node's durable state while it is down.
+    pub fn stored_inboxes(store: &impl Store) -> Result<Vec<(PodName, InboxEntry)>, crate::Error> {
+        let mut out = Vec::new();
+        for (key, value) in store.scan(Table::Inboxes)? {
+            if key.first() != Some(&MESSAGE_PREFIX) {
+                continue;
+            }
+            let pod = key
+                .get(1..key.len().saturating_sub(9))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<PodName>().ok());
+            if let Some(pod) = pod {
+                out.push((pod, codec::decode_record::<InboxEntry>(&value)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Counters.
     pub fn counters(&self) -> PeersCounters {
         self.counters

@@ -7,8 +7,12 @@
 //! TOML files (see `docs/simulations.md`); the same scenario and seed give the same run, event
 //! for event.
 
+pub mod check;
+pub mod engine;
+pub mod foca_sim;
 pub mod metrics;
 pub mod net;
+pub mod report;
 pub mod scenario;
 pub mod schedule;
 

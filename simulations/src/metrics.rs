@@ -24,6 +24,11 @@ pub struct MembershipMetrics {
     pub msgs_per_node_s: f64,
     /// Their bytes per up node per second.
     pub bytes_per_node_s: f64,
+    /// Frames per up node per second in the steady state: the second half of the safety
+    /// phase (of the run, when nothing was healed), after the join traffic has settled.
+    pub steady_msgs_per_node_s: f64,
+    /// Their bytes per up node per second.
+    pub steady_bytes_per_node_s: f64,
 }
 
 /// One point of the convergence and load plot.
@@ -363,7 +368,24 @@ impl Observer {
             },
             msgs_per_node_s: self.total_msgs as f64 / self.up_time_s.max(1e-9),
             bytes_per_node_s: self.total_bytes as f64 / self.up_time_s.max(1e-9),
+            steady_msgs_per_node_s: self.steady(|s| s.msgs_per_node_s),
+            steady_bytes_per_node_s: self.steady(|s| s.bytes_per_node_s),
         }
+    }
+
+    /// The mean of `value` over the samples of the steady window.
+    fn steady(&self, value: impl Fn(&Sample) -> f64) -> f64 {
+        let end = match self.heal {
+            Some(h) => h.as_micros() as f64 / 1e6,
+            None => self.samples.last().map_or(0.0, |s| s.t_s),
+        };
+        let window: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.t_s > end / 2.0 && s.t_s <= end)
+            .map(value)
+            .collect();
+        window.iter().sum::<f64>() / (window.len().max(1) as f64)
     }
 
     /// Crashes still waiting to be known dead everywhere.

@@ -1,0 +1,1106 @@
+//! The discrete-event engine: the real [`Mesh`] and [`Peers`] machines of every node, driven
+//! by one event heap in virtual time, one seeded RNG, the network model and the scenario's
+//! timeline, with the invariants checked after every event.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use podmesh_mesh::NodeName;
+use podmesh_mesh::{
+    Command, Config, Event, Input, LocalOp, LocalReply, MemStore, Mesh, Output, PeerError, Peers,
+    PeersConfig, PeersOutput, PodAddr, PodEvent, PodName, PodRecord, Row, Store, StoreError, Table,
+    Target, WriteBatch,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::Time;
+use crate::check::{Checker, Pair};
+use crate::metrics::Observer;
+use crate::net::{Kind, Network};
+use crate::report::{Budget, PeerFigures, Report};
+use crate::scenario::{Scenario, secs};
+use crate::schedule::{Action, timeline};
+
+/// How often the plot is sampled and the liveness phase checks for convergence.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Events one run may process before it is stopped as runaway (a protocol loop).
+pub const EVENTS_MAX: u64 = 2_000_000_000;
+
+/// A store in memory that fails writes with a given probability, from its own seeded RNG.
+///
+/// Writes are atomic and durable once they return, as redb's are; a crash therefore loses
+/// exactly the writes that failed or never happened, and a restart "without durable state"
+/// starts from an empty store.
+#[derive(Debug, Clone)]
+pub struct SimStore {
+    inner: MemStore,
+    fail: f64,
+    rng: ChaCha8Rng,
+    failures: u64,
+}
+
+impl SimStore {
+    fn new(seed: u64) -> SimStore {
+        SimStore {
+            inner: MemStore::new(),
+            fail: 0.0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            failures: 0,
+        }
+    }
+}
+
+impl Store for SimStore {
+    fn read(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.read(table, key)
+    }
+
+    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
+        self.inner.scan(table)
+    }
+
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.fail > 0.0 && self.rng.random_bool(self.fail) {
+            self.failures += 1;
+            return Err(StoreError::new("simulated write failure"));
+        }
+        self.inner.write(batch)
+    }
+}
+
+/// What the heap holds.
+#[derive(Debug)]
+enum Ev {
+    Action(usize),
+    Wake {
+        node: usize,
+        life: u32,
+    },
+    Frame {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+        stream: bool,
+    },
+    Request {
+        from: usize,
+        from_life: u32,
+        to: usize,
+        rpc: u64,
+        bytes: Vec<u8>,
+    },
+    Response {
+        to: usize,
+        life: u32,
+        rpc: u64,
+        bytes: Vec<u8>,
+    },
+    Workload,
+    Sample,
+}
+
+impl Ev {
+    fn tag(&self) -> u64 {
+        match self {
+            Ev::Action(i) => 1 + ((*i as u64) << 8),
+            Ev::Wake { node, .. } => 2 + ((*node as u64) << 8),
+            Ev::Frame { from, to, .. } => 3 + ((*from as u64) << 8) + ((*to as u64) << 32),
+            Ev::Request { from, to, .. } => 4 + ((*from as u64) << 8) + ((*to as u64) << 32),
+            Ev::Response { to, .. } => 5 + ((*to as u64) << 8),
+            Ev::Workload => 6,
+            Ev::Sample => 7,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Queued {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A running node: its two machines, sharing the store the mesh owns.
+#[derive(Debug)]
+struct Running {
+    mesh: Mesh<SimStore>,
+    peers: Peers,
+}
+
+#[derive(Debug)]
+struct Node {
+    /// Bumped on every crash, so frames and timers of a previous life are dropped.
+    life: u32,
+    running: Option<Running>,
+    /// The store while the node is down.
+    store: Option<SimStore>,
+    wake_at: Option<Time>,
+    /// Down, and to be restarted at the heal at the latest.
+    awaiting_restart: bool,
+    /// The highest incarnation any of its lives had.
+    incarnation_max: u64,
+}
+
+/// FNV-1a, for the event-log hash: tiny, stable across builds and platforms.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn mix(&mut self, v: u64) {
+        for b in v.to_le_bytes() {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn mix_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A workload operation waiting for its reply.
+#[derive(Debug, Clone)]
+enum PendingOp {
+    Peer { pair: Pair, register: bool },
+    Send { to: PodAddr },
+}
+
+/// One simulation run.
+#[derive(Debug)]
+pub struct Sim {
+    scenario: Scenario,
+    seed: u64,
+    config: Config,
+    now: Time,
+    heap: BinaryHeap<Reverse<Queued>>,
+    seq: u64,
+    rng: ChaCha8Rng,
+    net: Network,
+    nodes: Vec<Node>,
+    names: Vec<NodeName>,
+    by_name: HashMap<NodeName, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    observer: Observer,
+    checker: Checker,
+    timeline: Vec<(Time, Action)>,
+    hash: Fnv,
+    events: u64,
+    heal_at: Time,
+    healed: bool,
+    pending: HashMap<(usize, u64), PendingOp>,
+    next_token: u64,
+    pods: Vec<PodName>,
+    figures: PeerFigures,
+    slow: Vec<Duration>,
+    extra_loss: f64,
+    partitioned: Option<crate::net::Cut>,
+}
+
+fn addr_of(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7946))
+}
+
+impl Sim {
+    /// Prepares a run of `scenario` from `seed`.
+    pub fn new(scenario: Scenario, seed: u64) -> anyhow::Result<Sim> {
+        scenario.validate()?;
+        let n = scenario.nodes;
+        let config = match scenario.profile.as_str() {
+            "wan" => Config::wan(),
+            _ => Config::lan(),
+        };
+        let names: Vec<NodeName> = (0..n)
+            .map(|i| format!("n{i}").parse())
+            .collect::<Result<_, _>>()?;
+        let pods = (0..scenario.workload.pods_per_node)
+            .map(|p| format!("p{p}").parse())
+            .collect::<Result<Vec<PodName>, _>>()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let net = Network::new(scenario.network.config(), n, rng.random());
+        let heal_at = Time::ZERO + secs(scenario.safety_s);
+        let mut sim = Sim {
+            timeline: timeline(&scenario, seed),
+            seed,
+            config,
+            now: Time::ZERO,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            net,
+            nodes: (0..n)
+                .map(|_| Node {
+                    life: 0,
+                    running: None,
+                    store: None,
+                    wake_at: None,
+                    awaiting_restart: false,
+                    incarnation_max: 0,
+                })
+                .collect(),
+            by_name: names
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, m)| (m, i))
+                .collect(),
+            by_addr: (0..n).map(|i| (addr_of(i), i)).collect(),
+            names,
+            observer: Observer::new(n),
+            checker: Checker::default(),
+            hash: Fnv(0xcbf2_9ce4_8422_2325),
+            events: 0,
+            heal_at,
+            healed: false,
+            pending: HashMap::new(),
+            next_token: 0,
+            pods,
+            figures: PeerFigures::default(),
+            slow: vec![Duration::ZERO; n],
+            extra_loss: 0.0,
+            partitioned: None,
+            scenario,
+        };
+        for i in 0..sim.timeline.len() {
+            let at = sim.timeline[i].0;
+            sim.push(at, Ev::Action(i));
+        }
+        sim.push(Time::ZERO + SAMPLE_INTERVAL, Ev::Sample);
+        if sim.scenario.workload.peer_per_s + sim.scenario.workload.send_per_s > 0.0
+            && !sim.pods.is_empty()
+        {
+            let first = sim.next_workload_gap();
+            sim.push(Time::ZERO + secs(1.0) + first, Ev::Workload);
+        }
+        Ok(sim)
+    }
+
+    fn push(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    /// Runs the safety phase and the liveness phase and returns the report.
+    pub fn run(mut self) -> anyhow::Result<Report> {
+        let started = Instant::now();
+        let liveness_end = self.heal_at + secs(self.scenario.liveness_s);
+        while let Some(Reverse(q)) = self.heap.pop() {
+            if q.at > liveness_end {
+                break;
+            }
+            self.now = q.at;
+            self.events += 1;
+            self.hash.mix(q.at.as_micros());
+            self.hash.mix(q.ev.tag());
+            if self.events > EVENTS_MAX {
+                anyhow::bail!("more than {EVENTS_MAX} events: stopped as a runaway");
+            }
+            let sample = matches!(q.ev, Ev::Sample);
+            self.dispatch(q.ev);
+            if sample && self.healed && self.settled() {
+                break;
+            }
+        }
+        self.observer.sample(self.now);
+        self.final_checks();
+        Ok(self.report(started.elapsed()))
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Action(i) => {
+                let action = self.timeline[i].1.clone();
+                self.act(action);
+            }
+            Ev::Wake { node, life } => {
+                if self.nodes[node].life != life || self.nodes[node].wake_at != Some(self.now) {
+                    return;
+                }
+                self.nodes[node].wake_at = None;
+                let now = self.now;
+                if let Some(r) = self.nodes[node].running.as_mut() {
+                    r.mesh.handle_timeout(now);
+                    r.peers.handle_timeout(now, r.mesh.store_mut());
+                }
+                self.pump(node);
+            }
+            Ev::Frame {
+                from,
+                to,
+                bytes,
+                stream,
+            } => {
+                self.hash.mix_bytes(&bytes);
+                let now = self.now;
+                let from_name = self.names[from].clone();
+                let Some(r) = self.nodes[to].running.as_mut() else {
+                    return;
+                };
+                let input = if stream {
+                    Input::Message {
+                        from: from_name,
+                        bytes,
+                    }
+                } else {
+                    Input::Datagram {
+                        from: from_name,
+                        bytes,
+                    }
+                };
+                // Network input never fails the core; an error would be a bug worth seeing.
+                if let Err(e) = r.mesh.handle(input, now) {
+                    self.checker
+                        .violation(now, format!("n{to} refused network input: {e}"));
+                }
+                self.pump(to);
+            }
+            Ev::Request {
+                from,
+                from_life,
+                to,
+                rpc,
+                bytes,
+            } => {
+                self.hash.mix_bytes(&bytes);
+                let now = self.now;
+                let from_name = self.names[from].clone();
+                let Some(r) = self.nodes[to].running.as_mut() else {
+                    return;
+                };
+                let answer = r.peers.handle_request(
+                    &from_name,
+                    &bytes,
+                    now,
+                    now.as_micros() / 1_000,
+                    r.mesh.store_mut(),
+                );
+                self.pump(to);
+                if let Some(answer) = answer {
+                    for delay in self.net.route(&mut self.rng, to, from, Kind::Stream) {
+                        self.push(
+                            now + delay,
+                            Ev::Response {
+                                to: from,
+                                life: from_life,
+                                rpc,
+                                bytes: answer.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            Ev::Response {
+                to,
+                life,
+                rpc,
+                bytes,
+            } => {
+                self.hash.mix_bytes(&bytes);
+                if self.nodes[to].life != life {
+                    return;
+                }
+                let now = self.now;
+                if let Some(r) = self.nodes[to].running.as_mut() {
+                    r.peers
+                        .handle_response(rpc, Some(&bytes), now, r.mesh.store_mut());
+                }
+                self.pump(to);
+            }
+            Ev::Workload => {
+                if self.now < self.heal_at {
+                    self.workload_op();
+                    let gap = self.next_workload_gap();
+                    self.push(self.now + gap, Ev::Workload);
+                }
+            }
+            Ev::Sample => {
+                self.observer.sample(self.now);
+                self.push(self.now + SAMPLE_INTERVAL, Ev::Sample);
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Start(node) => self.start(node, true, true),
+            Action::Restart { node, durable } => {
+                if self.nodes[node].running.is_none() && self.nodes[node].awaiting_restart {
+                    self.start(node, durable, false);
+                }
+            }
+            Action::Crash { node, stays_down } => self.crash(node, stays_down),
+            Action::Leave(node) => {
+                let now = self.now;
+                if let Some(r) = self.nodes[node].running.as_mut() {
+                    let _ = r.mesh.handle(Input::Command(Command::Leave), now);
+                    self.pump(node);
+                    self.crash(node, false);
+                }
+            }
+            Action::Partition(cut) => {
+                self.partitioned = cut;
+                self.apply_network();
+            }
+            Action::Slow(node, delay) => {
+                self.slow[node] = delay;
+                self.apply_network();
+            }
+            Action::ExtraLoss(loss) => {
+                self.extra_loss = loss;
+                self.apply_network();
+            }
+            Action::Heal => self.heal(),
+        }
+    }
+
+    fn apply_network(&mut self) {
+        self.net.heal();
+        if let Some(cut) = &self.partitioned {
+            self.net.partition(cut.clone());
+        }
+        for (i, d) in self.slow.iter().enumerate() {
+            self.net.set_slow(i, *d);
+        }
+        self.net.set_extra_loss(self.extra_loss);
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.partitioned = None;
+        self.slow.iter_mut().for_each(|d| *d = Duration::ZERO);
+        self.extra_loss = 0.0;
+        self.apply_network();
+        for node in 0..self.nodes.len() {
+            if let Some(r) = self.nodes[node].running.as_mut() {
+                r.mesh.store_mut().fail = 0.0;
+            }
+            if let Some(store) = self.nodes[node].store.as_mut() {
+                store.fail = 0.0;
+            }
+            if self.nodes[node].running.is_none() && self.nodes[node].awaiting_restart {
+                self.start(node, true, false);
+            }
+        }
+        self.observer.healed(self.now);
+    }
+
+    fn fail_rate(&self) -> f64 {
+        if self.healed {
+            0.0
+        } else {
+            self.scenario.workload.fail_write
+        }
+    }
+
+    /// Starts `node`: for the first time (`first`), after a crash with its store (`durable`),
+    /// or after a crash that lost the store.
+    fn start(&mut self, node: usize, durable: bool, first: bool) {
+        if self.nodes[node].running.is_some() {
+            return;
+        }
+        let now = self.now;
+        let store_seed: u64 = self.rng.random();
+        let mut store = match self.nodes[node].store.take() {
+            Some(store) if durable => store,
+            Some(_) | None => {
+                if !first {
+                    self.checker.forget_node(&self.names[node]);
+                }
+                SimStore::new(store_seed)
+            }
+        };
+        store.fail = 0.0;
+        let mesh_seed: u64 = self.rng.random();
+        let mesh = match Mesh::new(
+            self.config.clone(),
+            self.names[node].clone(),
+            addr_of(node),
+            store,
+            mesh_seed,
+            now,
+        ) {
+            Ok(mesh) => mesh,
+            Err(e) => {
+                self.checker
+                    .violation(now, format!("n{node} could not start: {e}"));
+                return;
+            }
+        };
+        let incarnation = mesh.incarnation();
+        if durable && !first && incarnation <= self.nodes[node].incarnation_max {
+            self.checker.violation(
+                now,
+                format!(
+                    "n{node} restarted at incarnation {incarnation}, not above {}",
+                    self.nodes[node].incarnation_max
+                ),
+            );
+        }
+        self.nodes[node].incarnation_max = self.nodes[node].incarnation_max.max(incarnation);
+        let peers = match Peers::load(
+            self.names[node].clone(),
+            incarnation,
+            PeersConfig::default(),
+            mesh.store(),
+            now,
+        ) {
+            Ok(peers) => peers,
+            Err(e) => {
+                self.checker
+                    .violation(now, format!("n{node} could not load its Pods: {e}"));
+                return;
+            }
+        };
+        // Durability: every acknowledged relation of this node's Pods is in what it loaded.
+        let me = self.names[node].clone();
+        for record in peers.pods() {
+            let addr = PodAddr::new(record.name.clone(), me.clone());
+            self.checker
+                .check_record(now, &addr, record, &self.unsettled_with(&addr));
+        }
+        self.checker
+            .check_inboxes_loaded(now, &me, mesh.store(), self.nodes[node].life);
+        self.nodes[node].running = Some(Running { mesh, peers });
+        self.nodes[node].awaiting_restart = false;
+        self.observer.node_up(node, now);
+        // Seeds to join through: the scenario's seeds (a durable restart also finds the
+        // members it stored; the seeds are how an empty node gets in at all).
+        let seeds: Vec<SocketAddr> = (0..self.scenario.join.seeds)
+            .filter(|&s| s != node)
+            .map(addr_of)
+            .collect();
+        let r = self.nodes[node].running.as_mut().expect("just started");
+        let join = if durable && !first { Vec::new() } else { seeds };
+        let _ = r
+            .mesh
+            .handle(Input::Command(Command::Join { seeds: join }), now);
+        // Republish every Pod record, as the daemon does at start.
+        let records: Vec<PodRecord> = r.peers.pods().cloned().collect();
+        for record in records {
+            let _ = r.mesh.handle(
+                Input::Command(Command::PutState {
+                    key: PodRecord::state_key(&record.name),
+                    value: record.encode(),
+                }),
+                now,
+            );
+        }
+        if first || !durable {
+            for pod in self.pods.clone() {
+                let token = self.token();
+                let r = self.nodes[node].running.as_mut().expect("just started");
+                r.peers.handle_local(
+                    token,
+                    LocalOp::CreatePod {
+                        name: pod,
+                        parent: None,
+                    },
+                    now,
+                    now.as_micros() / 1_000,
+                    r.mesh.store_mut(),
+                );
+            }
+        }
+        let fail = self.fail_rate();
+        if let Some(r) = self.nodes[node].running.as_mut() {
+            r.mesh.store_mut().fail = fail;
+        }
+        self.pump(node);
+    }
+
+    fn crash(&mut self, node: usize, stays_down: bool) {
+        let Some(r) = self.nodes[node].running.take() else {
+            return;
+        };
+        let n = &mut self.nodes[node];
+        n.life += 1;
+        n.wake_at = None;
+        n.awaiting_restart = !stays_down;
+        let mut store = r.mesh.into_store();
+        self.figures.write_failures += store.failures;
+        store.failures = 0;
+        n.store = Some(store);
+        // Its operations in flight get no reply now: their outcome is learnt at the end.
+        let lost: Vec<(usize, u64)> = self
+            .pending
+            .keys()
+            .filter(|(n, _)| *n == node)
+            .copied()
+            .collect();
+        for key in lost {
+            if let Some(PendingOp::Peer { pair, .. }) = self.pending.remove(&key) {
+                self.checker.outcome_unknown(pair);
+            }
+        }
+        self.observer.node_down(node, self.now, stays_down);
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn node_of(&self, target: &Target) -> Option<usize> {
+        match &target.name {
+            Some(name) => self.by_name.get(name).copied(),
+            None => self.by_addr.get(&target.addr).copied(),
+        }
+    }
+
+    /// Carries out everything node `node` asked for, then schedules its next wake-up.
+    fn pump(&mut self, node: usize) {
+        let now = self.now;
+        loop {
+            let Some(r) = self.nodes[node].running.as_mut() else {
+                return;
+            };
+            if let Some(out) = r.mesh.poll_output() {
+                self.mesh_output(node, out);
+                continue;
+            }
+            let Some(out) = r.peers.poll_output() else {
+                break;
+            };
+            self.peers_output(node, out);
+        }
+        let life = self.nodes[node].life;
+        let Some(r) = self.nodes[node].running.as_ref() else {
+            return;
+        };
+        let next = match (r.mesh.poll_timeout(), r.peers.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next {
+            let at = at.max(now);
+            if self.nodes[node].wake_at.is_none_or(|w| at < w) {
+                self.nodes[node].wake_at = Some(at);
+                self.push(at, Ev::Wake { node, life });
+            }
+        }
+    }
+
+    fn mesh_output(&mut self, node: usize, out: Output) {
+        let now = self.now;
+        match out {
+            Output::Datagram { to, bytes } => self.send_frame(node, &to, bytes, false),
+            Output::Message { to, bytes } => self.send_frame(node, &to, bytes, true),
+            Output::Event(event) => {
+                let (subject, live, incarnation) = match &event {
+                    Event::MemberAlive {
+                        node, incarnation, ..
+                    } => (node, true, *incarnation),
+                    Event::MemberSuspect { node, incarnation } => (node, true, *incarnation),
+                    Event::MemberDead { node, incarnation }
+                    | Event::MemberLeft { node, incarnation } => (node, false, *incarnation),
+                    Event::StateChanged { .. } => return,
+                };
+                let Some(&s) = self.by_name.get(subject) else {
+                    return;
+                };
+                let life = self.nodes[node].life;
+                if s == node {
+                    self.checker
+                        .violation(now, format!("n{node} holds itself {event:?}"));
+                    return;
+                }
+                self.checker
+                    .check_incarnation(now, node, life, s, incarnation);
+                let reachable = self.net.reachable(node, s) && self.net.reachable(s, node);
+                self.observer.view(node, s, live, reachable, now);
+            }
+        }
+    }
+
+    fn send_frame(&mut self, from: usize, to: &Target, mut bytes: Vec<u8>, stream: bool) {
+        self.observer.sent(from, bytes.len());
+        let Some(to) = self.node_of(to) else {
+            return;
+        };
+        let kind = if stream { Kind::Stream } else { Kind::Datagram };
+        let delays = self.net.route(&mut self.rng, from, to, kind);
+        let now = self.now;
+        let mut delays = delays.into_iter().peekable();
+        while let Some(delay) = delays.next() {
+            let bytes = if delays.peek().is_some() {
+                bytes.clone()
+            } else {
+                std::mem::take(&mut bytes)
+            };
+            self.push(
+                now + delay,
+                Ev::Frame {
+                    from,
+                    to,
+                    bytes,
+                    stream,
+                },
+            );
+        }
+    }
+
+    fn peers_output(&mut self, node: usize, out: PeersOutput) {
+        let now = self.now;
+        match out {
+            PeersOutput::Request { rpc, to, bytes } => {
+                let Some(&to) = self.by_name.get(&to) else {
+                    return;
+                };
+                let from_life = self.nodes[node].life;
+                self.observer.sent(node, bytes.len());
+                for delay in self.net.route(&mut self.rng, node, to, Kind::Stream) {
+                    self.push(
+                        now + delay,
+                        Ev::Request {
+                            from: node,
+                            from_life,
+                            to,
+                            rpc,
+                            bytes: bytes.clone(),
+                        },
+                    );
+                }
+            }
+            PeersOutput::Reply { token, result } => self.reply(node, token, result),
+            PeersOutput::Publish { pod, record } => {
+                let addr = PodAddr::new(pod.clone(), self.names[node].clone());
+                if let Some(record) = &record {
+                    let unsettled = self.unsettled_with(&addr);
+                    self.checker.check_record(now, &addr, record, &unsettled);
+                }
+                let key = PodRecord::state_key(&pod);
+                let command = match record {
+                    Some(record) => Command::PutState {
+                        key,
+                        value: record.encode(),
+                    },
+                    None => Command::DeleteState { key },
+                };
+                if let Some(r) = self.nodes[node].running.as_mut() {
+                    let _ = r.mesh.handle(Input::Command(command), now);
+                }
+            }
+            PeersOutput::Event(PodEvent::Notification { pod, entry }) => {
+                let to = PodAddr::new(pod, self.names[node].clone());
+                self.checker.notified(now, &to, &entry.id);
+            }
+            PeersOutput::Event(_) => {}
+        }
+    }
+
+    fn reply(&mut self, node: usize, token: u64, result: Result<LocalReply, PeerError>) {
+        let now = self.now;
+        let Some(op) = self.pending.remove(&(node, token)) else {
+            return; // Pod creation at start.
+        };
+        match (op, result) {
+            (PendingOp::Peer { pair, register }, Ok(_)) => {
+                if register {
+                    self.figures.registered += 1;
+                } else {
+                    self.figures.unregistered += 1;
+                }
+                self.checker.committed(pair, register);
+            }
+            (PendingOp::Peer { pair, .. }, Err(_)) => {
+                self.figures.handshakes_failed += 1;
+                self.checker.op_done(&pair);
+            }
+            (PendingOp::Send { to, .. }, Ok(LocalReply::Delivered { id })) => {
+                self.figures.messages_acked += 1;
+                let to_node = self.by_name[&to.node];
+                let store = self.nodes[to_node]
+                    .running
+                    .as_ref()
+                    .map(|r| r.mesh.store())
+                    .or(self.nodes[to_node].store.as_ref());
+                self.checker.acked(now, &to, id, store);
+            }
+            (PendingOp::Send { .. }, _) => self.figures.messages_refused += 1,
+        }
+    }
+
+    /// Pairs of `pod` whose handshake has not settled: an operation in flight, a logged
+    /// handshake on either side, or the other side down.
+    fn unsettled_with(&self, pod: &PodAddr) -> Vec<PodAddr> {
+        let mut out = self.checker.busy_with(pod);
+        for node in [&pod.node] {
+            let Some(&i) = self.by_name.get(node) else {
+                continue;
+            };
+            if let Some(r) = self.nodes[i].running.as_ref() {
+                for (a, b) in r.peers.handshake_pairs() {
+                    if &a == pod {
+                        out.push(b);
+                    } else if &b == pod {
+                        out.push(a);
+                    }
+                }
+            }
+        }
+        // The other side's logs, and other sides that are down.
+        for other in self.checker.partners_of(pod) {
+            let Some(&i) = self.by_name.get(&other.node) else {
+                continue;
+            };
+            match self.nodes[i].running.as_ref() {
+                None => out.push(other.clone()),
+                Some(r) => {
+                    if r.peers
+                        .handshake_pairs()
+                        .iter()
+                        .any(|(a, b)| (a == pod && b == &other) || (a == &other && b == pod))
+                    {
+                        out.push(other.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn next_workload_gap(&mut self) -> Duration {
+        let rate = self.scenario.workload.peer_per_s + self.scenario.workload.send_per_s;
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        Duration::from_secs_f64(-u.ln() / rate)
+    }
+
+    fn workload_op(&mut self) {
+        let w = self.scenario.workload.clone();
+        let n = self.nodes.len();
+        let node = self.rng.random_range(0..n);
+        if self.nodes[node].running.is_none() {
+            return;
+        }
+        let now = self.now;
+        let me = self.names[node].clone();
+        let send = self
+            .rng
+            .random_bool(w.send_per_s / (w.peer_per_s + w.send_per_s));
+        let token = self.token();
+        let op = if send {
+            let Some((from, to)) = self.checker.random_relation_of(&me, &mut self.rng) else {
+                return;
+            };
+            let live = self.nodes[node]
+                .running
+                .as_ref()
+                .is_some_and(|r| r.mesh.member(&to.node).is_some_and(|m| m.state.is_live()));
+            self.pending
+                .insert((node, token), PendingOp::Send { to: to.clone() });
+            LocalOp::Send {
+                pod: from.pod,
+                target: to,
+                body: format!("message {token}"),
+                live,
+            }
+        } else if self.rng.random_bool(w.unpeer_fraction) {
+            let Some((from, to)) = self.checker.random_relation_of(&me, &mut self.rng) else {
+                return;
+            };
+            let pair = Pair::new(&from, &to);
+            self.checker.op_started(&pair);
+            self.pending.insert(
+                (node, token),
+                PendingOp::Peer {
+                    pair,
+                    register: false,
+                },
+            );
+            LocalOp::UnregisterPeer {
+                pod: from.pod,
+                target: to,
+            }
+        } else {
+            let other = self.rng.random_range(0..n);
+            if other == node {
+                return;
+            }
+            let pod = self.pods[self.rng.random_range(0..self.pods.len())].clone();
+            let target = PodAddr::new(
+                self.pods[self.rng.random_range(0..self.pods.len())].clone(),
+                self.names[other].clone(),
+            );
+            let from = PodAddr::new(pod.clone(), me);
+            let pair = Pair::new(&from, &target);
+            self.checker.op_started(&pair);
+            self.pending.insert(
+                (node, token),
+                PendingOp::Peer {
+                    pair,
+                    register: true,
+                },
+            );
+            LocalOp::RegisterPeer { pod, target }
+        };
+        let r = self.nodes[node].running.as_mut().expect("checked above");
+        r.peers
+            .handle_local(token, op, now, now.as_micros() / 1_000, r.mesh.store_mut());
+        self.pump(node);
+    }
+
+    /// Whether the liveness phase is done: membership converged, no handshake logged, no
+    /// operation in flight.
+    fn settled(&self) -> bool {
+        self.observer.converged()
+            && self.pending.is_empty()
+            && self.nodes.iter().all(|n| {
+                n.running
+                    .as_ref()
+                    .is_none_or(|r| r.peers.handshakes_logged() == 0)
+            })
+    }
+
+    fn final_checks(&mut self) {
+        let now = self.now;
+        if !self.settled() {
+            let logged: usize = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.running.as_ref())
+                .map(|r| r.peers.handshakes_logged())
+                .sum();
+            self.checker.violation(
+                now,
+                format!(
+                    "not settled {:.1} s after the heal: membership {}, {} handshake log entries, {} operations in flight",
+                    now.saturating_since(self.heal_at).as_secs_f64(),
+                    if self.observer.converged() {
+                        "converged".to_owned()
+                    } else {
+                        format!("not converged ({} up)", self.observer.up_count())
+                    },
+                    logged,
+                    self.pending.len()
+                ),
+            );
+        }
+        // Every relation reciprocal, every acknowledged one present, every acknowledged message
+        // in its inbox exactly once, read from each node's store.
+        let mut records = Vec::new();
+        let mut inboxes = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let store = match (&node.running, &node.store) {
+                (Some(r), _) => r.mesh.store(),
+                (None, Some(s)) => s,
+                (None, None) => continue,
+            };
+            for (_, value) in store.scan(Table::Pods).unwrap_or_default() {
+                if let Ok(record) = PodRecord::decode(&value) {
+                    records.push((self.names[i].clone(), record));
+                }
+            }
+            if let Ok(entries) = Peers::stored_inboxes(store) {
+                inboxes.push((self.names[i].clone(), entries));
+            }
+        }
+        self.checker.check_final(now, &records, &inboxes);
+    }
+
+    fn report(mut self, wall: Duration) -> Report {
+        for node in &self.nodes {
+            if let Some(r) = &node.running {
+                self.figures.write_failures += r.mesh.store().failures;
+                let c = r.peers.counters();
+                self.figures.duplicates_answered += c.duplicates;
+            }
+        }
+        let n = self.scenario.nodes;
+        let metrics = self.observer.metrics();
+        let simulated = self.now.as_micros() as f64 / 1e6;
+        let wall_s = wall.as_secs_f64();
+        let mut budgets = Vec::new();
+        let e = &self.scenario.expect;
+        let probe = self.config.probe_interval.as_secs_f64();
+        let detect_bound =
+            probe * (f64::from(self.config.suspicion_mult) * (n as f64).log10().max(1.0) + 3.0);
+        if e.detect_bound {
+            budgets.push(Budget::at_most(
+                "crash known dead by every live node (s)",
+                detect_bound,
+                metrics.detect_all_s,
+            ));
+        }
+        if e.no_false_deaths {
+            budgets.push(Budget::at_most(
+                "healthy nodes declared dead",
+                0.0,
+                Some(metrics.healthy_declared_dead as f64),
+            ));
+        }
+        if let Some(limit) = e.full_roster_s {
+            budgets.push(Budget::at_most(
+                "full roster after the join (s)",
+                limit,
+                metrics.full_roster_s,
+            ));
+        }
+        if let Some(limit) = e.converge_s {
+            budgets.push(Budget::at_most(
+                "converged after the heal (s)",
+                limit,
+                metrics.heal_converge_s,
+            ));
+        }
+        if e.load_budget {
+            budgets.push(Budget::at_most(
+                "steady frames per node per second",
+                3.0,
+                Some(metrics.steady_msgs_per_node_s),
+            ));
+            budgets.push(Budget::at_most(
+                "steady bytes per node per second",
+                1024.0,
+                Some(metrics.steady_bytes_per_node_s),
+            ));
+        }
+        for b in &budgets {
+            if !b.met {
+                self.checker
+                    .violation(self.now, format!("budget missed: {}", b.describe()));
+            }
+        }
+        Report {
+            scenario: self.scenario.name.clone(),
+            seed: self.seed,
+            nodes: n,
+            simulated_s: simulated,
+            wall_s,
+            events: self.events,
+            events_per_wall_s: self.events as f64 / wall_s.max(1e-9),
+            sim_to_wall: simulated / wall_s.max(1e-9),
+            log_hash: format!("{:016x}", self.hash.0),
+            membership: metrics,
+            peers: self.figures,
+            budgets,
+            violations: self.checker.into_violations(),
+            samples: self.observer.samples().to_vec(),
+            foca: None,
+        }
+    }
+}
