@@ -856,14 +856,17 @@ impl Peers {
             Rpc::Prepare { id } => self.on_prepare_answer(&id, response, now, store),
             Rpc::Commit { id } | Rpc::Abort { id } => {
                 if response == Some(PeerResponse::Acked) {
-                    self.finish_coordinator(&id, store);
+                    self.finish_coordinator(&id, now, store);
                 } else {
                     self.schedule(now + self.config.resend_interval, Timer::Resend { id });
                 }
             }
             Rpc::Query { id } => match response {
                 Some(PeerResponse::Outcome { committed }) => {
-                    self.settle_participant(&id, committed, store);
+                    if !self.settle_participant(&id, committed, store) {
+                        // The outcome is known but could not be written: ask again soon.
+                        self.schedule(now + self.config.resend_interval, Timer::Wait { id });
+                    }
                 }
                 _ => self.schedule(now + self.config.participant_wait, Timer::Wait { id }),
             },
@@ -1435,14 +1438,19 @@ impl Peers {
         }
     }
 
-    fn finish_coordinator(&mut self, id: &RequestId, store: &mut impl Store) {
+    fn finish_coordinator(&mut self, id: &RequestId, now: Time, store: &mut impl Store) {
         let mut batch = WriteBatch::new();
         batch.delete(Table::Handshakes, id_key(COORD_PREFIX, id));
         if self.write(batch, store).is_ok() {
             self.coordinating.remove(id);
+        } else {
+            // The entry stays: send its outcome again later, which the participant
+            // acknowledges again, and retry the delete then.
+            self.schedule(
+                now + self.config.resend_interval,
+                Timer::Resend { id: id.clone() },
+            );
         }
-        // On a failed delete the entry stays and the next restart re-sends its outcome, which
-        // the participant acknowledges again; nothing else depends on it.
     }
 
     fn answer_waiting(&mut self, id: &RequestId, result: Result<LocalReply, PeerError>) {

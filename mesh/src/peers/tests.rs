@@ -421,6 +421,44 @@ fn a_failed_write_on_the_participant_rejects_with_nothing_changed() {
 }
 
 #[test]
+fn a_failed_delete_of_the_coordinator_log_is_retried() {
+    // Committed and acknowledged, but deleting the coordinator's entry fails: it must not stay
+    // logged until some later restart.
+    let mut net = two_pods();
+    let token = register(&mut net);
+    net.carry_one(false); // Prepare -> Prepared -> commit written
+    assert!(net.reply(N1, token).is_ok());
+    net.store_mut(N1).fail_next_writes(1);
+    net.carry_one(false); // Commit -> Acked; the delete fails
+    assert_eq!(net.logged(N1), 1);
+    net.advance(PeersConfig::default().resend_interval);
+    net.settle();
+    assert_eq!((net.logged(N1), net.logged(N2)), (0, 0));
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"]);
+}
+
+#[test]
+fn a_participant_that_cannot_write_the_queried_outcome_asks_again() {
+    // The Query's answer arrives but settling fails to write: the participant asks again.
+    let mut net = two_pods();
+    register(&mut net);
+    net.carry_one(false);
+    net.requests.clear(); // the Commit is lost
+    net.advance(PeersConfig::default().participant_wait);
+    net.requests.retain(|(_, from, _, _)| from == N2); // only the Query
+    net.store_mut(N2).fail_next_writes(1);
+    net.carry_one(false);
+    assert_eq!(net.logged(N2), 1, "not settled: the write failed");
+    net.requests.clear(); // and the coordinator's re-sent Commit is lost too
+    net.advance(PeersConfig::default().resend_interval);
+    net.requests.retain(|(_, from, _, _)| from == N2);
+    assert_eq!(net.requests.len(), 1, "a second Query");
+    net.carry_one(false);
+    assert_eq!(net.logged(N2), 0);
+    assert_eq!(net.peers_of(N2, "b"), ["a@n1"]);
+}
+
+#[test]
 fn a_failed_commit_write_on_the_coordinator_aborts_both_sides() {
     // Prepared arrives but the coordinator cannot write its commit: failure, then Abort.
     let mut net = two_pods();
