@@ -22,6 +22,9 @@ use roster::Roster;
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
+/// Mixed into the RNG seed to draw a fresh store's first incarnation.
+const FRESH_START_SALT: u64 = 0x6669_7273_745f_6c69;
+
 /// Bytes reserved in a stream message for everything but the records: the sender address, enum
 /// tags, flags and the length prefixes of up to four sequences.
 const MESSAGE_OVERHEAD: usize = 64;
@@ -412,7 +415,13 @@ impl<S: Store> Mesh<S> {
     ) -> Result<Self, Error> {
         config.validate()?;
         let previous = match store.read(Table::Meta, INCARNATION_KEY)? {
-            None => 0,
+            // A store without an incarnation is a first start, or a node whose disk was lost.
+            // Starting from a random point keeps a node that lost its disk from reusing the
+            // incarnation of an earlier life, and with it the ids of the requests that life
+            // sent (receivers remember those to drop duplicates).
+            None => {
+                u64::from(ChaCha8Rng::seed_from_u64(rng_seed ^ FRESH_START_SALT).random::<u32>())
+            }
             Some(bytes) => {
                 let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                     DecodeError::Malformed("stored incarnation is not 8 bytes".to_owned())

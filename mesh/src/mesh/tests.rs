@@ -1200,9 +1200,10 @@ fn a_failed_member_write_is_retried_at_the_next_persist_tick() {
 fn a_refutation_is_persisted_so_a_restart_starts_above_it() {
     // An incarnation raised by refuting is written through, so the next life starts higher.
     let mut mesh = lone(Config::lan());
+    let start = mesh.incarnation();
     let suspect = Update::Suspect {
         name: name(0),
-        incarnation: 5,
+        incarnation: start + 4,
         source: name(1),
     };
     feed(
@@ -1211,11 +1212,37 @@ fn a_refutation_is_persisted_so_a_restart_starts_above_it() {
         gossip(vec![alive(1, 1), suspect]),
         Time::from_secs(3),
     );
-    assert_eq!(mesh.incarnation(), 6);
+    assert_eq!(mesh.incarnation(), start + 5);
     assert_eq!(mesh.members()[0].changed_at, Time::from_secs(3));
     let store = mesh.into_store();
     let again = Mesh::new(Config::lan(), name(0), addr(0), store, 7, Time::ZERO).unwrap();
-    assert_eq!(again.incarnation(), 7);
+    assert_eq!(again.incarnation(), start + 6);
+}
+
+#[test]
+fn a_node_that_lost_its_store_does_not_reuse_an_earlier_incarnation() {
+    // Fresh stores start at random points: a node whose disk was lost must not issue the
+    // request ids (node, incarnation, seq) of its earlier life again.
+    let first = Mesh::new(
+        Config::lan(),
+        name(0),
+        addr(0),
+        MemStore::new(),
+        1,
+        Time::ZERO,
+    )
+    .unwrap();
+    let again = Mesh::new(
+        Config::lan(),
+        name(0),
+        addr(0),
+        MemStore::new(),
+        2,
+        Time::ZERO,
+    )
+    .unwrap();
+    assert_ne!(first.incarnation(), again.incarnation());
+    assert!(first.incarnation() >= 1 && again.incarnation() >= 1);
 }
 
 mod fuzz {
