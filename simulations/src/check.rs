@@ -307,12 +307,14 @@ impl Checker {
 
     /// The end of the run, from every node's store (`records` by hosting node, `inboxes` by
     /// node): relations reciprocal, acknowledged ones present, none that failed present, every
-    /// acknowledged message in its inbox exactly once.
+    /// acknowledged message in its inbox exactly once. Pairs with a node in `gone` (down for
+    /// good) are exempt from reciprocity: a handshake cannot finish without both sides.
     pub fn check_final(
         &mut self,
         now: Time,
         records: &[(NodeName, PodRecord)],
         inboxes: &[(NodeName, Vec<(PodName, InboxEntry)>)],
+        gone: &[NodeName],
     ) {
         let mut edges: BTreeSet<(PodAddr, PodAddr)> = BTreeSet::new();
         for (node, record) in records {
@@ -323,7 +325,7 @@ impl Checker {
         }
         for (a, b) in &edges {
             let pair = Pair::new(a, b);
-            if self.orphaned.contains(&pair) {
+            if self.orphaned.contains(&pair) || gone.iter().any(|g| pair.on_node(g)) {
                 continue;
             }
             if !edges.contains(&(b.clone(), a.clone())) {
@@ -446,6 +448,7 @@ mod tests {
                 (node("n2"), record("b", &[])),
             ],
             &[],
+            &[],
         );
         assert_eq!(c.violation_count(), 2);
         // A reciprocal relation nobody committed is a phantom.
@@ -456,6 +459,7 @@ mod tests {
                 (node("n1"), record("a", &["b@n2"])),
                 (node("n2"), record("b", &["a@n1"])),
             ],
+            &[],
             &[],
         );
         assert_eq!(c.violation_count(), 1);
@@ -468,6 +472,7 @@ mod tests {
                 (node("n1"), record("a", &["b@n2"])),
                 (node("n2"), record("b", &["a@n1"])),
             ],
+            &[],
             &[],
         );
         assert_eq!(c.violation_count(), 0);
@@ -493,6 +498,7 @@ mod tests {
                 node("n2"),
                 vec![(b.clone(), entry(1)), (b.clone(), entry(2)), (b, entry(2))],
             )],
+            &[],
         );
         assert_eq!(c.violation_count(), 1, "message 2 is there twice");
         c.notified(Time::ZERO, &to, &id(3));
@@ -511,7 +517,12 @@ mod tests {
         c.committed(Pair::new(&a, &b), true);
         c.acked(Time::ZERO, &b, id(1), None::<&MemStore>);
         c.forget_node(&node("n2"));
-        c.check_final(Time::ZERO, &[(node("n1"), record("a", &["b@n2"]))], &[]);
+        c.check_final(
+            Time::ZERO,
+            &[(node("n1"), record("a", &["b@n2"]))],
+            &[],
+            &[],
+        );
         assert_eq!(c.violation_count(), 0);
     }
 }
