@@ -1136,6 +1136,7 @@ impl Sim {
             budgets,
             violations: self.checker.into_violations(),
             samples: self.observer.samples().to_vec(),
+            false_deaths: self.observer.false_deaths().to_vec(),
             foca: None,
         }
     }

@@ -40,7 +40,7 @@ struct RunArgs {
     /// Run this one seed (the default is seed 1).
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
-    /// Run every seed of a range, `A..B` (B excluded) or `A..=B`, with a progress bar.
+    /// Run every seed from A through B (`A..B`, both included), with a progress bar.
     #[arg(long, value_parser = parse_seeds)]
     seeds: Option<Seeds>,
     /// Override the scenario's node count.
@@ -69,24 +69,18 @@ struct RunArgs {
 struct Seeds(Vec<u64>);
 
 fn parse_seeds(s: &str) -> Result<Seeds, String> {
-    let bad = || format!("expected A..B or A..=B, got {s:?}");
-    let (a, b, inclusive) = if let Some((a, b)) = s.split_once("..=") {
-        (a, b, true)
-    } else if let Some((a, b)) = s.split_once("..") {
-        (a, b, false)
-    } else {
-        return Err(bad());
-    };
+    let bad = || format!("expected A..B (seeds A through B), got {s:?}");
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let b = b.strip_prefix('=').unwrap_or(b);
     let a: u64 = a.trim().parse().map_err(|_| bad())?;
     let b: u64 = b.trim().parse().map_err(|_| bad())?;
-    let end = if inclusive { b.saturating_add(1) } else { b };
-    if end <= a {
+    if b < a {
         return Err(format!("the seed range {s:?} is empty"));
     }
-    if end - a > 100_000 {
+    if b - a >= 100_000 {
         return Err("at most 100,000 seeds per sweep".to_owned());
     }
-    Ok(Seeds((a..end).collect()))
+    Ok(Seeds((a..=b).collect()))
 }
 
 fn main() -> ExitCode {
@@ -343,5 +337,20 @@ fn print_sweep_table(scenario: &Scenario, results: &[(u64, anyhow::Result<Report
             "foca: steady bytes per node per s",
             f(&|x| Some(x.membership.steady_bytes_per_node_s)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_ranges_include_both_ends_and_bad_ones_are_refused() {
+        assert_eq!(parse_seeds("1..20").unwrap().0.len(), 20);
+        assert_eq!(parse_seeds("3..=3").unwrap().0, vec![3]);
+        assert!(parse_seeds("5..4").is_err());
+        assert!(parse_seeds("x..4").is_err());
+        assert!(parse_seeds("7").is_err());
+        assert!(parse_seeds("0..100000").is_err());
     }
 }

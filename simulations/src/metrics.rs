@@ -100,7 +100,11 @@ pub struct Observer {
     samples: Vec<Sample>,
     sample_msgs: Vec<u64>,
     sample_bytes: u64,
+    false_deaths: Vec<(f64, usize, usize)>,
 }
+
+/// False positives kept with their details, for diagnosis.
+pub const FALSE_DEATHS_KEPT: usize = 20;
 
 impl Observer {
     /// `n` nodes, all down, seeing nothing.
@@ -128,6 +132,7 @@ impl Observer {
             samples: Vec::new(),
             sample_msgs: vec![0; n],
             sample_bytes: 0,
+            false_deaths: Vec::new(),
         }
     }
 
@@ -266,6 +271,10 @@ impl Observer {
         }
         if !live && self.up.get(subject) && self.up.get(observer) && reachable {
             self.healthy_declared_dead += 1;
+            if self.false_deaths.len() < FALSE_DEATHS_KEPT {
+                self.false_deaths
+                    .push((now.as_micros() as f64 / 1e6, observer, subject));
+            }
         }
         if !live && self.up.get(observer) {
             for d in &mut self.detecting {
@@ -386,6 +395,11 @@ impl Observer {
             .map(value)
             .collect();
         window.iter().sum::<f64>() / (window.len().max(1) as f64)
+    }
+
+    /// The first false positives: (virtual seconds, observer, subject).
+    pub fn false_deaths(&self) -> &[(f64, usize, usize)] {
+        &self.false_deaths
     }
 
     /// Crashes still waiting to be known dead everywhere.

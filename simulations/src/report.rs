@@ -111,6 +111,8 @@ pub struct Report {
     pub peers: PeerFigures,
     /// The scenario's budgets.
     pub budgets: Vec<Budget>,
+    /// The first healthy nodes declared dead: (virtual seconds, observer, subject).
+    pub false_deaths: Vec<(f64, usize, usize)>,
     /// Invariant breaches and missed budgets; empty for a passing run.
     pub violations: Vec<String>,
     /// Plot points, one per virtual second.
@@ -204,6 +206,12 @@ impl Report {
                 (false, false) => "missed (reported only)",
             };
             let _ = writeln!(s, "  budget {verdict}: {}", b.describe());
+        }
+        for (t, observer, subject) in &self.false_deaths {
+            let _ = writeln!(
+                s,
+                "  at {t:.1} s n{observer} declared the healthy n{subject} dead"
+            );
         }
         for v in &self.violations {
             let _ = writeln!(s, "  VIOLATION {v}");

@@ -22,13 +22,20 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often waits poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the harness use `bin` (a release build, for benchmarks) instead of building one.
+/// Returns false when a binary was already chosen.
+pub fn use_podmesh_bin(bin: PathBuf) -> bool {
+    BIN.set(bin).is_ok()
+}
+
 /// The `podmesh` binary: `$PODMESH_BIN`, else the one cargo builds next to this test binary.
 ///
 /// A test run of this crate alone does not rebuild another package's binary, so the harness
 /// asks cargo to build it once (with the fault points the suite needs); cargo makes that a
 /// no-op when it is up to date.
 pub fn podmesh_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("PODMESH_BIN") {
             return PathBuf::from(bin);
