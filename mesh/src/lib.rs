@@ -37,6 +37,9 @@
 //! gossip tick is a wait worth saving. A graceful leave is gossiped as `left`, which is not
 //! `dead`. Dead and left members are kept as tombstones for `tombstone_ttl`. The incarnation is
 //! persisted and bumped on every start, so a restarted node is alive again under the same name.
+//! A node starting from an empty store (a first start, or a lost disk) begins at a random
+//! incarnation, so it never reuses the request ids of an earlier life, which peers remember to
+//! drop duplicate deliveries.
 //!
 //! A joining node does a full push/pull with its seeds (or, after a restart without seeds, with
 //! some of the members it persisted). Afterwards, about every `reconnect_interval`, it sends the
