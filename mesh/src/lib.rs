@@ -51,7 +51,8 @@
 //! Each node owns a small key-value map. Every entry carries `(generation, version)`: the
 //! generation is the incarnation at start and the version grows with every write, so receivers
 //! simply keep the highest. Writes piggyback on gossip; completeness comes from anti-entropy:
-//! every `sync_interval` a node sends one random live member the summary hash of its digest
+//! every `sync_interval` (and once two probe periods after it starts, which completes a joining
+//! node's view quickly) a node sends one random live member the summary hash of its digest
 //! (members and live entries, hashed into `sync_buckets` buckets). Only when the summaries differ
 //! are the bucket hashes exchanged, and then only the records of differing buckets, so the
 //! steady-state cost is one small message per interval whatever the mesh size. Deletions are

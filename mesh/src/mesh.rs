@@ -22,6 +22,9 @@ use roster::Roster;
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
+/// Probe periods after its start at which a node runs its first anti-entropy round.
+const FIRST_SYNC_PROBE_PERIODS: u32 = 2;
+
 /// Mixed into the RNG seed to draw a fresh store's first incarnation.
 const FRESH_START_SALT: u64 = 0x6669_7273_745f_6c69;
 
@@ -483,7 +486,13 @@ impl<S: Store> Mesh<S> {
         };
         // Random phases keep nodes started together from probing and syncing in lockstep.
         let probe_at = now + mesh.jitter(mesh.config.probe_interval);
-        let sync_at = now + mesh.config.sync_interval + mesh.jitter(mesh.config.sync_interval);
+        // The first anti-entropy round comes a couple of probe periods after the start: by then
+        // a joining node has heard of most members by gossip, and one sync fills in whatever its
+        // join push/pull missed (its seed may not have known everyone yet). Later rounds come
+        // every `sync_interval`.
+        let sync_at = now
+            + mesh.config.probe_interval * FIRST_SYNC_PROBE_PERIODS
+            + mesh.jitter(mesh.config.probe_interval);
         mesh.schedule(probe_at, Timer::Probe);
         mesh.schedule(now + mesh.config.gossip_interval, Timer::Gossip);
         mesh.schedule(sync_at, Timer::Sync);
