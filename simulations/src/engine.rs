@@ -161,6 +161,8 @@ struct Node {
     incarnation_max: u64,
     /// Times it restarted without its store.
     wipes: u32,
+    /// When it crashed for good, until some node first suspects it.
+    crashed_at: Option<Time>,
 }
 
 /// FNV-1a, for the event-log hash: tiny, stable across builds and platforms.
@@ -225,6 +227,8 @@ pub struct Sim {
     slow: Vec<Duration>,
     extra_loss: f64,
     partitioned: Option<crate::net::Cut>,
+    /// The longest wait from a crash (that stays down) until some node suspected it.
+    first_suspicion_worst: Option<f64>,
 }
 
 fn addr_of(i: usize) -> SocketAddr {
@@ -267,6 +271,7 @@ impl Sim {
                     awaiting_restart: false,
                     incarnation_max: 0,
                     wipes: 0,
+                    crashed_at: None,
                 })
                 .collect(),
             by_name: names
@@ -290,6 +295,7 @@ impl Sim {
             slow: vec![Duration::ZERO; n],
             extra_loss: 0.0,
             partitioned: None,
+            first_suspicion_worst: None,
             scenario,
         };
         for i in 0..sim.timeline.len() {
@@ -463,7 +469,12 @@ impl Sim {
                     self.start(node, durable, false);
                 }
             }
-            Action::Crash { node, stays_down } => self.crash(node, stays_down),
+            Action::Crash { node, stays_down } => {
+                if stays_down && self.nodes[node].running.is_some() {
+                    self.nodes[node].crashed_at = Some(self.now);
+                }
+                self.crash(node, stays_down);
+            }
             Action::Leave(node) => {
                 let now = self.now;
                 if let Some(r) = self.nodes[node].running.as_mut() {
@@ -742,6 +753,16 @@ impl Sim {
                 }
                 self.checker
                     .check_incarnation(now, node, life, s, incarnation);
+                if !matches!(event, Event::MemberAlive { .. })
+                    && let Some(crashed) = self.nodes[s].crashed_at.take()
+                {
+                    // The first suspicion of a crash that stays down: where detection time goes.
+                    let waited = now.saturating_since(crashed).as_secs_f64();
+                    self.first_suspicion_worst = Some(
+                        self.first_suspicion_worst
+                            .map_or(waited, |w: f64| w.max(waited)),
+                    );
+                }
                 let reachable = self.net.reachable(node, s) && self.net.reachable(s, node);
                 self.observer.view(node, s, live, reachable, now);
             }
@@ -1137,6 +1158,7 @@ impl Sim {
             violations: self.checker.into_violations(),
             samples: self.observer.samples().to_vec(),
             false_deaths: self.observer.false_deaths().to_vec(),
+            first_suspicion_s: self.first_suspicion_worst,
             foca: None,
         }
     }

@@ -111,6 +111,9 @@ pub struct Report {
     pub peers: PeerFigures,
     /// The scenario's budgets.
     pub budgets: Vec<Budget>,
+    /// The longest wait from a crash (that stayed down) until some node first suspected it,
+    /// in seconds: the part of detection time spent before the suspicion timeout starts.
+    pub first_suspicion_s: Option<f64>,
     /// The first healthy nodes declared dead: (virtual seconds, observer, subject).
     pub false_deaths: Vec<(f64, usize, usize)>,
     /// Invariant breaches and missed budgets; empty for a passing run.
@@ -169,6 +172,12 @@ impl Report {
             m.steady_msgs_per_node_s,
             m.steady_bytes_per_node_s
         );
+        if let Some(first) = self.first_suspicion_s {
+            let _ = writeln!(
+                s,
+                "  longest wait from a crash to its first suspicion: {first:.1} s"
+            );
+        }
         let p = &self.peers;
         if p.registered + p.unregistered + p.handshakes_failed + p.messages_acked > 0 {
             let _ = writeln!(
