@@ -48,6 +48,9 @@ struct Args {
     /// Skip the simulator benchmarks.
     #[arg(long)]
     skip_sim: bool,
+    /// Repetitions of each simulator measurement (seeds 1..=N); 1,000-node runs take minutes.
+    #[arg(long, default_value_t = 3)]
+    sim_runs: usize,
     /// Simulated mesh sizes for the steady-state and speed figures.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     sim_nodes: Vec<usize>,
@@ -684,7 +687,7 @@ fn simulator(args: &Args) -> anyhow::Result<Vec<Row>> {
         .join("..")
         .join("simulations")
         .join("scenarios");
-    let runs = args.runs.min(3);
+    let runs = args.sim_runs.max(1);
     let mut rows = Vec::new();
     let mut speeds = Vec::new();
     for &n in &args.sim_nodes {
