@@ -640,6 +640,12 @@ impl Peers {
             peers.seq = codec::decode_record(&bytes)?;
         }
         peers.resume(now);
+        // A new life starts a new generation of replicated state, and the mesh buries the
+        // previous life's entries it hears about: gossip every Pod record again.
+        let records: Vec<PodRecord> = peers.pods.values().cloned().collect();
+        for record in records {
+            peers.publish(record);
+        }
         Ok(peers)
     }
 

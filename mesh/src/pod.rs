@@ -193,6 +193,19 @@ pub struct PodRecord {
 pub const POD_STATE_PREFIX: &str = "pod/";
 
 impl PodRecord {
+    /// The command that gossips Pod `pod`'s record as replicated state, or its removal: what a
+    /// driver does with [`crate::PeersOutput::Publish`].
+    pub fn publish_command(pod: &PodName, record: Option<&PodRecord>) -> crate::Command {
+        let key = PodRecord::state_key(pod);
+        match record {
+            Some(record) => crate::Command::PutState {
+                key,
+                value: record.encode(),
+            },
+            None => crate::Command::DeleteState { key },
+        }
+    }
+
     /// The replicated state key of this Pod: `pod/<name>`.
     pub fn state_key(name: &PodName) -> String {
         format!("{POD_STATE_PREFIX}{name}")

@@ -468,14 +468,7 @@ impl Actor {
                 }
             }
             PeersOutput::Publish { pod, record } => {
-                let key = PodRecord::state_key(&pod);
-                let command = match record {
-                    Some(record) => Command::PutState {
-                        key,
-                        value: record.encode(),
-                    },
-                    None => Command::DeleteState { key },
-                };
+                let command = PodRecord::publish_command(&pod, record.as_ref());
                 let now = self.clock.now();
                 if let Err(e) = self.mesh.handle(Input::Command(command), now) {
                     warn!(pod = %pod, error = %e, "cannot gossip the pod record");

@@ -224,9 +224,6 @@ pub struct Sim {
     next_token: u64,
     pods: Vec<PodName>,
     figures: PeerFigures,
-    slow: Vec<Duration>,
-    extra_loss: f64,
-    partitioned: Option<crate::net::Cut>,
     /// The longest wait from a crash (that stays down) until some node suspected it.
     first_suspicion_worst: Option<f64>,
 }
@@ -292,9 +289,6 @@ impl Sim {
             next_token: 0,
             pods,
             figures: PeerFigures::default(),
-            slow: vec![Duration::ZERO; n],
-            extra_loss: 0.0,
-            partitioned: None,
             first_suspicion_worst: None,
             scenario,
         };
@@ -483,39 +477,16 @@ impl Sim {
                     self.crash(node, false);
                 }
             }
-            Action::Partition(cut) => {
-                self.partitioned = cut;
-                self.apply_network();
-            }
-            Action::Slow(node, delay) => {
-                self.slow[node] = delay;
-                self.apply_network();
-            }
-            Action::ExtraLoss(loss) => {
-                self.extra_loss = loss;
-                self.apply_network();
-            }
+            Action::Partition(cut) => self.net.set_partition(cut),
+            Action::Slow(node, delay) => self.net.set_slow(node, delay),
+            Action::ExtraLoss(loss) => self.net.set_extra_loss(loss),
             Action::Heal => self.heal(),
         }
     }
 
-    fn apply_network(&mut self) {
-        self.net.heal();
-        if let Some(cut) = &self.partitioned {
-            self.net.partition(cut.clone());
-        }
-        for (i, d) in self.slow.iter().enumerate() {
-            self.net.set_slow(i, *d);
-        }
-        self.net.set_extra_loss(self.extra_loss);
-    }
-
     fn heal(&mut self) {
         self.healed = true;
-        self.partitioned = None;
-        self.slow.iter_mut().for_each(|d| *d = Duration::ZERO);
-        self.extra_loss = 0.0;
-        self.apply_network();
+        self.net.heal();
         for node in 0..self.nodes.len() {
             if let Some(r) = self.nodes[node].running.as_mut() {
                 r.mesh.store_mut().fail = 0.0;
@@ -621,17 +592,6 @@ impl Sim {
         let _ = r
             .mesh
             .handle(Input::Command(Command::Join { seeds: join }), now);
-        // Republish every Pod record, as the daemon does at start.
-        let records: Vec<PodRecord> = r.peers.pods().cloned().collect();
-        for record in records {
-            let _ = r.mesh.handle(
-                Input::Command(Command::PutState {
-                    key: PodRecord::state_key(&record.name),
-                    value: record.encode(),
-                }),
-                now,
-            );
-        }
         if first || !durable {
             for pod in self.pods.clone() {
                 let token = self.token();
@@ -825,14 +785,7 @@ impl Sim {
                     let unsettled = self.unsettled_with(&addr);
                     self.checker.check_record(now, &addr, record, &unsettled);
                 }
-                let key = PodRecord::state_key(&pod);
-                let command = match record {
-                    Some(record) => Command::PutState {
-                        key,
-                        value: record.encode(),
-                    },
-                    None => Command::DeleteState { key },
-                };
+                let command = PodRecord::publish_command(&pod, record.as_ref());
                 if let Some(r) = self.nodes[node].running.as_mut() {
                     let _ = r.mesh.handle(Input::Command(command), now);
                 }

@@ -421,6 +421,23 @@ fn a_failed_write_on_the_participant_rejects_with_nothing_changed() {
 }
 
 #[test]
+fn a_restart_gossips_every_pod_record_again() {
+    // A new life is a new generation of replicated state: without a fresh Publish, the mesh
+    // would bury the previous life's records and other nodes would lose these Pods.
+    let mut net = two_pods();
+    let (_, store) = net.nodes.remove(N1).unwrap();
+    let mut peers = Peers::load(node(N1), 2, PeersConfig::default(), &store, net.now).unwrap();
+    let mut published = Vec::new();
+    while let Some(output) = peers.poll_output() {
+        if let PeersOutput::Publish { pod, record } = output {
+            assert!(record.is_some());
+            published.push(pod.to_string());
+        }
+    }
+    assert_eq!(published, ["a"]);
+}
+
+#[test]
 fn a_failed_delete_of_the_coordinator_log_is_retried() {
     // Committed and acknowledged, but deleting the coordinator's entry fails: it must not stay
     // logged until some later restart.
