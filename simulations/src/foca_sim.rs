@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Time;
 use crate::metrics::{MembershipMetrics, Observer, Sample};
-use crate::net::{Cut, Kind, Network};
+use crate::net::{Kind, Network};
 use crate::scenario::{Scenario, secs};
 use crate::schedule::{Action, timeline};
 
@@ -296,10 +296,6 @@ struct Sim {
     seq: u64,
     rng: SharedRng,
     net: Network,
-    /// The faults in force, re-applied after a partition ends (the network only heals all).
-    partition: Option<Cut>,
-    slow: Vec<Duration>,
-    extra_loss: f64,
     nodes: Vec<Option<Node>>,
     /// Bumped whenever a node goes down or comes back.
     life: Vec<u64>,
@@ -334,9 +330,6 @@ impl Sim {
             seq: 0,
             rng: SharedRng(Rc::new(RefCell::new(rng))),
             net,
-            partition: None,
-            slow: vec![Duration::ZERO; n],
-            extra_loss: 0.0,
             nodes: (0..n).map(|_| None).collect(),
             life: vec![0; n],
             generation: vec![0; n],
@@ -434,42 +427,17 @@ impl Sim {
                     self.stop(node, false);
                 }
             }
-            Action::Partition(cut) => {
-                self.partition = cut;
-                self.apply_network();
-            }
-            Action::Slow(node, delay) => {
-                self.slow[node] = delay;
-                self.apply_network();
-            }
-            Action::ExtraLoss(loss) => {
-                self.extra_loss = loss;
-                self.apply_network();
-            }
+            Action::Partition(cut) => self.net.set_partition(cut),
+            Action::Slow(node, delay) => self.net.set_slow(node, delay),
+            Action::ExtraLoss(loss) => self.net.set_extra_loss(loss),
             Action::Heal => self.heal(),
         }
-    }
-
-    /// Puts the faults in force on the network: it can only heal everything, so it heals and
-    /// the remaining faults are installed again.
-    fn apply_network(&mut self) {
-        self.net.heal();
-        if let Some(cut) = &self.partition {
-            self.net.partition(cut.clone());
-        }
-        for (node, delay) in self.slow.iter().enumerate() {
-            self.net.set_slow(node, *delay);
-        }
-        self.net.set_extra_loss(self.extra_loss);
     }
 
     /// The end of the safety phase: every fault ends and the nodes waiting to come back do.
     fn heal(&mut self) {
         self.healed = true;
-        self.partition = None;
-        self.slow.iter_mut().for_each(|d| *d = Duration::ZERO);
-        self.extra_loss = 0.0;
-        self.apply_network();
+        self.net.heal();
         for node in 0..self.nodes.len() {
             if self.awaiting_restart[node] {
                 self.start(node);
@@ -614,9 +582,7 @@ mod tests {
     use super::*;
 
     fn scenario(text: &str) -> Scenario {
-        let s: Scenario = toml::from_str(text).unwrap();
-        s.validate().unwrap();
-        s
+        Scenario::parse(text).unwrap()
     }
 
     #[test]

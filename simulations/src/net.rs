@@ -135,14 +135,9 @@ impl Network {
         &self.config
     }
 
-    /// Installs a partition, replacing any other.
-    pub fn partition(&mut self, cut: Cut) {
-        self.cut = Some(cut);
-    }
-
-    /// Whether a partition is in place.
-    pub fn is_partitioned(&self) -> bool {
-        self.cut.is_some()
+    /// Installs a partition (replacing any other), or ends it with `None`; other faults stay.
+    pub fn set_partition(&mut self, cut: Option<Cut>) {
+        self.cut = cut;
     }
 
     /// Makes `node` slow: everything it sends or receives takes `delay` longer.
@@ -292,7 +287,7 @@ mod tests {
         net.set_slow(1, Duration::from_secs(2));
         let d = net.route(&mut rng, 0, 1, Kind::Datagram);
         assert!(d[0] >= Duration::from_secs(2));
-        net.partition(Cut::halves(4));
+        net.set_partition(Some(Cut::halves(4)));
         assert!(net.route(&mut rng, 0, 3, Kind::Stream).is_empty());
         net.heal();
         assert!(net.route(&mut rng, 0, 3, Kind::Stream).len() == 1);

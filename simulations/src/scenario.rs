@@ -282,11 +282,14 @@ impl Scenario {
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read scenario {}", path.display()))?;
-        let scenario: Scenario = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid scenario", path.display()))?;
-        scenario
-            .validate()
-            .with_context(|| format!("{} is not a valid scenario", path.display()))?;
+        Scenario::parse(&text)
+            .with_context(|| format!("{} is not a valid scenario", path.display()))
+    }
+
+    /// Reads and checks a scenario from its TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Scenario> {
+        let scenario: Scenario = toml::from_str(text)?;
+        scenario.validate()?;
         Ok(scenario)
     }
 
@@ -424,9 +427,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> anyhow::Result<Scenario> {
-        let s: Scenario = toml::from_str(text)?;
-        s.validate()?;
-        Ok(s)
+        Scenario::parse(text)
     }
 
     #[test]

@@ -197,9 +197,7 @@ mod tests {
     use super::*;
 
     fn scenario(text: &str) -> Scenario {
-        let s: Scenario = toml::from_str(text).unwrap();
-        s.validate().unwrap();
-        s
+        Scenario::parse(text).unwrap()
     }
 
     #[test]
