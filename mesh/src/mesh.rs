@@ -296,7 +296,8 @@ struct MemberEntry {
     incarnation: u64,
     state: MemberState,
     changed_at: Time,
-    suspicion: Option<Suspicion>,
+    /// Boxed: few members are suspected at a time, and every member view pays for the inline size.
+    suspicion: Option<Box<Suspicion>>,
 }
 
 /// A running Lifeguard suspicion.
@@ -388,8 +389,11 @@ pub struct Mesh<S> {
     seeds: Vec<SocketAddr>,
     /// Last known members read from the store, contacted when this node knows no live member.
     rejoin: Vec<(NodeName, SocketAddr)>,
-    /// Keys currently in [`Table::Members`].
-    persisted: BTreeSet<Vec<u8>>,
+    /// The previous life's keys in [`Table::Members`], valid names or not, deleted by the full
+    /// rewrite.
+    stale: Vec<Vec<u8>>,
+    /// Members this life wrote to [`Table::Members`] and has not deleted since.
+    persisted: BTreeSet<NodeName>,
     /// Members whose stored record is out of date.
     dirty: BTreeSet<NodeName>,
     /// Whether the stored members still hold a previous life's view, to be replaced by a full
@@ -439,14 +443,14 @@ impl<S: Store> Mesh<S> {
 
         let mut counters = Counters::default();
         let mut rejoin = Vec::new();
-        let mut persisted = BTreeSet::new();
+        let mut stale = Vec::new();
         for (key, value) in store.scan(Table::Members)? {
             match codec::decode_member(&value) {
                 Ok(record) if record.name != me => rejoin.push((record.name, record.addr)),
                 Ok(_) => {}
                 Err(_) => counters.store_corrupt_records += 1,
             }
-            persisted.insert(key);
+            stale.push(key);
         }
 
         let mut mesh = Mesh {
@@ -476,7 +480,8 @@ impl<S: Store> Mesh<S> {
             awareness: 0,
             seeds: Vec::new(),
             rejoin,
-            persisted,
+            stale,
+            persisted: BTreeSet::new(),
             dirty: BTreeSet::new(),
             full_rewrite: true,
             urgent: false,
@@ -1429,7 +1434,7 @@ impl<S: Store> Mesh<S> {
         member.incarnation = incarnation;
         member.state = MemberState::Suspect;
         member.changed_at = now;
-        member.suspicion = Some(suspicion);
+        member.suspicion = Some(Box::new(suspicion));
         self.next_token += 1;
         self.refresh_digest(&name);
         self.schedule(
@@ -1672,14 +1677,13 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let mut batch = WriteBatch::new();
-        let mut persisted = self.persisted.clone();
         if self.full_rewrite {
             // Keys that are not even valid names (corrupt records) go as well.
-            for key in &self.persisted {
+            for key in &self.stale {
                 batch.delete(Table::Members, key.clone());
             }
-            persisted.clear();
         }
+        let (mut written, mut deleted) = (Vec::new(), Vec::new());
         for name in &self.dirty {
             let key = name.as_str().as_bytes().to_vec();
             match self.members.get(name).filter(|m| m.state.is_live()) {
@@ -1690,21 +1694,28 @@ impl<S: Store> Mesh<S> {
                         incarnation: m.incarnation,
                         state: m.state,
                     };
-                    batch.put(Table::Members, key.clone(), codec::encode_member(&record));
-                    persisted.insert(key);
+                    batch.put(Table::Members, key, codec::encode_member(&record));
+                    written.push(name.clone());
                 }
                 None => {
-                    if persisted.remove(&key) {
+                    if self.persisted.contains(name) {
                         batch.delete(Table::Members, key);
+                        deleted.push(name.clone());
                     }
                 }
             }
         }
         match self.store.write(batch) {
             Ok(()) => {
-                self.persisted = persisted;
+                if self.full_rewrite {
+                    self.stale.clear();
+                    self.full_rewrite = false;
+                }
+                for name in &deleted {
+                    self.persisted.remove(name);
+                }
+                self.persisted.extend(written);
                 self.dirty.clear();
-                self.full_rewrite = false;
             }
             // Stays dirty, so the next tick retries.
             Err(_) => self.counters.store_write_failures += 1,

@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::Error;
 
@@ -15,9 +16,13 @@ pub const NODE_NAME_LEN_MAX: usize = 63;
 /// The name is bound to the node's certificate, so the transport hands the core names it has
 /// authenticated. Deserializing validates too, so a name decoded from the wire is as good as one
 /// parsed from a flag.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NodeName(String);
+///
+/// The text is shared: a node keeps a member's name in several indexes (membership, probe order,
+/// roster, digest), and a clone costs a reference count, not an allocation. That keeps a view of
+/// N members near N names, which is what lets a simulator hold thousands of nodes.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NodeName(Arc<str>);
 
 impl NodeName {
     /// The name as a string slice.
@@ -46,7 +51,7 @@ impl TryFrom<String> for NodeName {
 
     fn try_from(s: String) -> Result<Self, Error> {
         if is_valid(&s) {
-            Ok(NodeName(s))
+            Ok(NodeName(Arc::from(s)))
         } else {
             Err(Error::InvalidName(s))
         }
@@ -63,7 +68,15 @@ impl FromStr for NodeName {
 
 impl From<NodeName> for String {
     fn from(n: NodeName) -> String {
-        n.0
+        n.0.as_ref().to_owned()
+    }
+}
+
+/// Encodes as the plain string, exactly as a `String` would, so the wire format does not depend
+/// on how a name is held in memory.
+impl Serialize for NodeName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -98,6 +111,21 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "a_b", "a.b", "é", &"a".repeat(64)] {
             assert!(bad.parse::<NodeName>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_name_encodes_exactly_as_its_string() {
+        // The wire sees a plain string; how the name is held in memory does not show.
+        let opts = bincode::DefaultOptions::new();
+        let name: NodeName = "node-7".parse().unwrap();
+        let bytes = bincode::Options::serialize(opts, &name).unwrap();
+        assert_eq!(
+            bytes,
+            bincode::Options::serialize(opts, &"node-7".to_owned()).unwrap()
+        );
+        let back: NodeName = bincode::Options::deserialize(opts, &bytes).unwrap();
+        assert_eq!(back, name);
+        assert_eq!(String::from(back), "node-7");
     }
 
     #[test]

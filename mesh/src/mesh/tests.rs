@@ -1484,7 +1484,7 @@ fn the_incremental_digest_matches_a_full_recomputation() {
 #[test]
 fn stored_members_follow_churn_and_replace_the_previous_life_once_connected() {
     // The store keeps the previous life's members while they are the only way back in, then
-    // holds exactly the live members.
+    // holds exactly the live members: the previous life's records go, corrupt ones too.
     let config = Config {
         persist_interval: Duration::from_secs(1),
         ..Config::lan()
@@ -1498,6 +1498,7 @@ fn stored_members_follow_churn_and_replace_the_previous_life_once_connected() {
         state: MemberState::Alive,
     };
     batch.put(Table::Members, name(9).as_str(), codec::encode_member(&old));
+    batch.put(Table::Members, "garbage", vec![0xff]);
     store.write(batch).unwrap();
     let mut mesh = Mesh::new(config, name(0), addr(0), store, 1, Time::ZERO).unwrap();
     let stored = |mesh: &Mesh<MemStore>| -> Vec<Vec<u8>> {
@@ -1511,7 +1512,7 @@ fn stored_members_follow_churn_and_replace_the_previous_life_once_connected() {
     mesh.handle_timeout(Time::from_secs(1));
     assert_eq!(
         stored(&mesh),
-        vec![b"n9".to_vec()],
+        vec![b"garbage".to_vec(), b"n9".to_vec()],
         "alone: keep the way back in"
     );
     feed(
