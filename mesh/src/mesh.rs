@@ -1851,12 +1851,17 @@ impl<S: Store> Mesh<S> {
                 Body::SyncSummary { hash },
             );
         }
-        let dead: Vec<(NodeName, SocketAddr)> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == MemberState::Dead)
-            .map(|(name, m)| (name.clone(), m.addr))
-            .collect();
+        // The roster holds exactly the live members, so when it holds them all there is no dead
+        // one to look for, and the common case skips a scan of the whole table.
+        let dead: Vec<(NodeName, SocketAddr)> = if self.members.len() > self.live.len() {
+            self.members
+                .iter()
+                .filter(|(_, m)| m.state == MemberState::Dead)
+                .map(|(name, m)| (name.clone(), m.addr))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if let Some((name, addr)) = sample(&mut self.rng, dead, 1).pop() {
             self.send_message(
                 Target {

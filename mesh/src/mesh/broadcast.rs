@@ -1,7 +1,7 @@
 //! The piggyback queue: updates waiting to ride on datagrams.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::NodeName;
 use crate::codec::{self, Update};
@@ -15,47 +15,54 @@ pub(super) enum Subject {
 
 #[derive(Debug, Clone)]
 struct Queued {
+    subject: Subject,
     update: Update,
     size: usize,
-    transmits: u32,
-    seq: u64,
 }
 
 /// Updates waiting to be piggybacked, least transmitted (then newest) first. A newer update about
 /// the same subject replaces the older one, so the queue never carries contradicting news.
+///
+/// Sequence numbers are unique, so `(transmissions, newest first)` alone orders the queue: taking
+/// updates compares integers, and names are compared only to replace or retire an update.
 #[derive(Debug, Default)]
 pub(super) struct Broadcasts {
-    items: BTreeMap<Subject, Queued>,
-    order: BTreeSet<(u32, Reverse<u64>, Subject)>,
+    /// The queued update about each subject, by sequence number.
+    by_subject: BTreeMap<Subject, u64>,
+    /// Transmissions so far, by sequence number.
+    transmits: BTreeMap<u64, u32>,
+    order: BTreeMap<(u32, Reverse<u64>), Queued>,
     next_seq: u64,
 }
 
 impl Broadcasts {
     /// Queues `update`; returns whether another update had to be evicted to respect `max`.
     pub(super) fn push(&mut self, subject: Subject, update: Update, max: usize) -> bool {
-        if let Some(old) = self.items.remove(&subject) {
-            self.order
-                .remove(&(old.transmits, Reverse(old.seq), subject.clone()));
+        if let Some(seq) = self.by_subject.remove(&subject)
+            && let Some(sent) = self.transmits.remove(&seq)
+        {
+            self.order.remove(&(sent, Reverse(seq)));
         }
         let mut evicted = false;
-        if self.items.len() >= max {
+        if self.by_subject.len() >= max {
             // The most transmitted update has done most of its work already.
-            if let Some((_, _, victim)) = self.order.pop_last() {
-                self.items.remove(&victim);
+            if let Some(((_, Reverse(seq)), victim)) = self.order.pop_last() {
+                self.transmits.remove(&seq);
+                self.by_subject.remove(&victim.subject);
                 evicted = true;
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         let size = codec::body_size(&update);
-        self.order.insert((0, Reverse(seq), subject.clone()));
-        self.items.insert(
-            subject,
+        self.by_subject.insert(subject.clone(), seq);
+        self.transmits.insert(seq, 0);
+        self.order.insert(
+            (0, Reverse(seq)),
             Queued {
+                subject,
                 update,
                 size,
-                transmits: 0,
-                seq,
             },
         );
         evicted
@@ -66,12 +73,10 @@ impl Broadcasts {
     pub(super) fn take(&mut self, mut budget: usize, limit: u32) -> Vec<Update> {
         let mut chosen = Vec::new();
         let mut misses = 0;
-        for key in &self.order {
-            if let Some(item) = self.items.get(&key.2)
-                && item.size <= budget
-            {
-                budget -= item.size;
-                chosen.push(key.clone());
+        for (&key, queued) in &self.order {
+            if queued.size <= budget {
+                budget -= queued.size;
+                chosen.push(key);
             } else {
                 misses += 1;
             }
@@ -81,25 +86,25 @@ impl Broadcasts {
             }
         }
         let mut out = Vec::with_capacity(chosen.len());
-        for key in chosen {
-            self.order.remove(&key);
-            let (_, seq, subject) = key;
-            let Some(item) = self.items.get_mut(&subject) else {
+        for (sent, seq) in chosen {
+            let Some(queued) = self.order.remove(&(sent, seq)) else {
                 continue;
             };
-            item.transmits += 1;
-            out.push(item.update.clone());
-            if item.transmits >= limit {
-                self.items.remove(&subject);
+            out.push(queued.update.clone());
+            let sent = sent + 1;
+            if sent >= limit {
+                self.transmits.remove(&seq.0);
+                self.by_subject.remove(&queued.subject);
             } else {
-                self.order.insert((item.transmits, seq, subject));
+                self.transmits.insert(seq.0, sent);
+                self.order.insert((sent, seq), queued);
             }
         }
         out
     }
 
     pub(super) fn len(&self) -> usize {
-        self.items.len()
+        self.by_subject.len()
     }
 }
 
