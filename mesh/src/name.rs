@@ -137,14 +137,19 @@ mod tests {
     #[test]
     fn names_order_as_their_strings() {
         // Member tables iterate in name order, so the hand-written order must be str's.
-        let texts = [
-            "a", "a0", "a-b", "ab", "b", "n1", "n10", "n100", "n2", "n9", "z", "0",
-        ];
-        for x in texts {
-            for y in texts {
-                let (a, b): (NodeName, NodeName) = (x.parse().unwrap(), y.parse().unwrap());
+        let mut texts: Vec<String> = ["a", "a0", "a-b", "ab", "b", "n1", "n10", "n2", "z", "0"]
+            .map(String::from)
+            .to_vec();
+        texts.push("a".repeat(NODE_NAME_LEN_MAX));
+        texts.push(format!("{}b", "a".repeat(NODE_NAME_LEN_MAX - 1)));
+        for x in &texts {
+            let a: NodeName = x.parse().unwrap();
+            assert_eq!(a.as_str(), x);
+            for y in &texts {
+                let b: NodeName = y.parse().unwrap();
                 assert_eq!(a.cmp(&b), x.cmp(y), "{x} vs {y}");
                 assert_eq!(a.partial_cmp(&b), Some(x.cmp(y)));
+                assert_eq!(a == b, x == y);
             }
         }
     }
