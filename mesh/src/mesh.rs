@@ -373,7 +373,7 @@ pub struct Mesh<S> {
     live: Roster,
     /// Members declared dead recently, still gossiped to (pruned by `gossip_to_dead`).
     recently_dead: Vec<NodeName>,
-    /// Replicated state per owner, this node included.
+    /// Replicated state per owner that has any, this node included.
     entries: BTreeMap<NodeName, BTreeMap<String, Entry>>,
     queue: Broadcasts,
     digest: Digest,
@@ -1304,7 +1304,6 @@ impl<S: Store> Mesh<S> {
                         suspicion: None,
                     },
                 );
-                self.entries.entry(name.clone()).or_default();
                 self.live.insert(&name);
                 self.add_to_probe_order(name.clone());
             }
@@ -1641,12 +1640,16 @@ impl<S: Store> Mesh<S> {
 
     fn collect_tombstones(&mut self, now: Time) {
         let ttl = self.config.tombstone_ttl;
-        let expired: Vec<NodeName> = self
-            .members
-            .iter()
-            .filter(|(_, m)| !m.state.is_live() && now.saturating_since(m.changed_at) >= ttl)
-            .map(|(name, _)| name.clone())
-            .collect();
+        // Only dead and departed members expire, and the roster holds exactly the live ones.
+        let expired: Vec<NodeName> = if self.members.len() > self.live.len() {
+            self.members
+                .iter()
+                .filter(|(_, m)| !m.state.is_live() && now.saturating_since(m.changed_at) >= ttl)
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         for name in expired {
             self.live.remove(&name);
             self.members.remove(&name);
@@ -1655,11 +1658,14 @@ impl<S: Store> Mesh<S> {
             self.dirty.insert(name.clone());
             self.counters.tombstones_collected += 1;
         }
-        for map in self.entries.values_mut() {
+        let mut collected = 0;
+        self.entries.retain(|_, map| {
             let before = map.len();
             map.retain(|_, e| e.value.is_some() || now.saturating_since(e.changed_at) < ttl);
-            self.counters.tombstones_collected += (before - map.len()) as u64;
-        }
+            collected += (before - map.len()) as u64;
+            !map.is_empty()
+        });
+        self.counters.tombstones_collected += collected;
     }
 
     /// Writes the changed members' records (only live members are kept), so a restarted node
