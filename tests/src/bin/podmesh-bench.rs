@@ -91,6 +91,15 @@ impl Stats {
             d = digits
         )
     }
+
+    /// The cell with its unit, which a "never" goes without.
+    fn cell_in(self, digits: usize, unit: &str) -> String {
+        if self.median.is_finite() {
+            format!("{} {unit}", self.cell(digits))
+        } else {
+            self.cell(digits)
+        }
+    }
 }
 
 /// One row of the summary.
@@ -876,7 +885,7 @@ fn markdown(machine: &Value, args: &Args, rows: &[Row], wall: Duration) -> Strin
             2
         };
         let baseline = match &r.baseline {
-            Some(b) => format!("{}: {} {}", r.baseline_name, b.cell(digits), r.unit),
+            Some(b) => format!("{}: {}", r.baseline_name, b.cell_in(digits, &r.unit)),
             None => "-".to_owned(),
         };
         let ratio = r
@@ -893,10 +902,9 @@ fn markdown(machine: &Value, args: &Args, rows: &[Row], wall: Duration) -> Strin
             budget += &format!(" (gap {})", notes.len());
         }
         s += &format!(
-            "| {} | {} {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             r.what,
-            r.podmesh.cell(digits),
-            r.unit,
+            r.podmesh.cell_in(digits, &r.unit),
             baseline,
             ratio,
             budget
