@@ -177,6 +177,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         args.runs >= 1 && args.ops >= 1,
         "--runs and --ops must be at least 1"
     );
+    ensure!(
+        !(args.skip_real && args.skip_sim),
+        "--skip-real and --skip-sim together leave nothing to measure"
+    );
     let started = Instant::now();
     let mut rows = Vec::new();
     if !args.skip_real {
@@ -866,14 +870,21 @@ fn total_memory_bytes() -> f64 {
 fn markdown(machine: &Value, args: &Args, rows: &[Row], wall: Duration) -> String {
     let mut s = String::new();
     s += "# podmesh benchmarks\n\n";
+    let real = (!args.skip_real).then(|| {
+        format!(
+            "{} runs of each real-stack measurement ({} operations each)",
+            args.runs, args.ops
+        )
+    });
+    let sim = (!args.skip_sim).then(|| format!("{} runs of each simulation", args.sim_runs.max(1)));
+    let runs: Vec<String> = real.into_iter().chain(sim).collect();
     s += &format!(
-        "Machine: {} ({} cores, {} GiB), Linux {}. {} runs of each measurement ({} operations per real-stack run); medians with (min-max) over the runs. Took {:.0} s.\n\n",
+        "Machine: {} ({} cores, {} GiB), Linux {}. {}; medians with (min-max) over the runs. Took {:.0} s.\n\n",
         machine["cpu"].as_str().unwrap_or("?"),
         machine["cores"],
         machine["memory_gib"],
         machine["kernel"].as_str().unwrap_or("?"),
-        args.runs,
-        args.ops,
+        runs.join(", "),
         wall.as_secs_f64()
     );
     s += "| measurement | podmesh | baseline | ratio | budget |\n|---|---|---|---|---|\n";
