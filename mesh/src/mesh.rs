@@ -1638,10 +1638,16 @@ impl<S: Store> Mesh<S> {
         (self.config.tombstone_ttl / 8).max(self.config.probe_interval)
     }
 
+    /// Whether any member is dead or has left. The roster holds exactly the live members, so
+    /// the common case, all live, skips scans of the whole member table.
+    fn has_departed(&self) -> bool {
+        self.members.len() > self.live.len()
+    }
+
     fn collect_tombstones(&mut self, now: Time) {
         let ttl = self.config.tombstone_ttl;
-        // Only dead and departed members expire, and the roster holds exactly the live ones.
-        let expired: Vec<NodeName> = if self.members.len() > self.live.len() {
+        // Only dead and departed members expire.
+        let expired: Vec<NodeName> = if self.has_departed() {
             self.members
                 .iter()
                 .filter(|(_, m)| !m.state.is_live() && now.saturating_since(m.changed_at) >= ttl)
@@ -1857,9 +1863,7 @@ impl<S: Store> Mesh<S> {
                 Body::SyncSummary { hash },
             );
         }
-        // The roster holds exactly the live members, so when it holds them all there is no dead
-        // one to look for, and the common case skips a scan of the whole table.
-        let dead: Vec<(NodeName, SocketAddr)> = if self.members.len() > self.live.len() {
+        let dead: Vec<(NodeName, SocketAddr)> = if self.has_departed() {
             self.members
                 .iter()
                 .filter(|(_, m)| m.state == MemberState::Dead)

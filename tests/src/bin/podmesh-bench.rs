@@ -142,13 +142,6 @@ fn ratios(a: &[f64], b: &[f64]) -> Stats {
         .filter(|(x, y)| x.is_finite() && y.is_finite() && **y != 0.0)
         .map(|(x, y)| x / y)
         .collect();
-    if r.is_empty() {
-        return Stats {
-            median: f64::NAN,
-            min: f64::NAN,
-            max: f64::NAN,
-        };
-    }
     Stats::of(&r)
 }
 
@@ -174,8 +167,8 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
-        args.runs >= 1 && args.ops >= 1,
-        "--runs and --ops must be at least 1"
+        args.runs >= 1 && args.ops >= 1 && args.sim_runs >= 1,
+        "--runs, --ops and --sim-runs must be at least 1"
     );
     ensure!(
         !(args.skip_real && args.skip_sim),
@@ -716,7 +709,7 @@ fn simulator(args: &Args) -> anyhow::Result<Vec<Row>> {
         .join("..")
         .join("simulations")
         .join("scenarios");
-    let runs = args.sim_runs.max(1);
+    let runs = args.sim_runs;
     let mut rows = Vec::new();
     let mut speeds = Vec::new();
     for &n in &args.sim_nodes {
@@ -876,7 +869,7 @@ fn markdown(machine: &Value, args: &Args, rows: &[Row], wall: Duration) -> Strin
             args.runs, args.ops
         )
     });
-    let sim = (!args.skip_sim).then(|| format!("{} runs of each simulation", args.sim_runs.max(1)));
+    let sim = (!args.skip_sim).then(|| format!("{} runs of each simulation", args.sim_runs));
     let runs: Vec<String> = real.into_iter().chain(sim).collect();
     s += &format!(
         "Machine: {} ({} cores, {} GiB), Linux {}. {}; medians with (min-max) over the runs. Took {:.0} s.\n\n",
