@@ -55,7 +55,12 @@ pub struct Config {
     /// How many last known members a node with no live member contacts at once when it has no
     /// seeds. Must be >= 1. Default 3.
     pub rejoin_fanout: usize,
-    /// Time between writes of the known members to the store (only when they changed); must
+    /// Most members a node keeps in its store to rejoin through after a restart: a random sample
+    /// of the live ones, refilled as they die or leave. Must be >= `rejoin_fanout`. Default 32:
+    /// the store's size and write load stay flat in the mesh size, and 32 members are rarely all
+    /// down at once.
+    pub members_persisted_max: usize,
+    /// Time between writes of the stored members (only when they changed); must
     /// not be zero. Default 1 s: a node that crashes soon after joining still remembers whom
     /// to rejoin, and a quiet mesh writes nothing. Raise it if membership churns on slow disks.
     pub persist_interval: Duration,
@@ -117,6 +122,7 @@ impl Config {
             sync_buckets: 64,
             reconnect_interval: Duration::from_secs(10),
             rejoin_fanout: 3,
+            members_persisted_max: 32,
             persist_interval: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(300),
             datagram_size_max: 1200,
@@ -150,7 +156,7 @@ impl Config {
 
     /// Checks every constraint stated on the fields.
     pub fn validate(&self) -> Result<(), Error> {
-        let checks: [(bool, &'static str); 21] = [
+        let checks: [(bool, &'static str); 22] = [
             (!self.probe_timeout.is_zero(), "probe_timeout must be > 0"),
             (
                 self.probe_timeout < self.probe_interval,
@@ -183,6 +189,10 @@ impl Config {
                 "reconnect_interval must be > 0",
             ),
             (self.rejoin_fanout >= 1, "rejoin_fanout must be >= 1"),
+            (
+                self.members_persisted_max >= self.rejoin_fanout,
+                "members_persisted_max must be >= rejoin_fanout",
+            ),
             (
                 !self.persist_interval.is_zero(),
                 "persist_interval must be > 0",

@@ -1318,7 +1318,7 @@ impl<S: Store> Mesh<S> {
                 member.suspicion = None;
                 if was == MemberState::Alive {
                     self.refresh_digest(&name);
-                    self.dirty.insert(name.clone());
+                    self.mark_dirty(&name);
                     self.enqueue(
                         Subject::Member(name.clone()),
                         Update::Alive {
@@ -1336,7 +1336,7 @@ impl<S: Store> Mesh<S> {
                 }
             }
         }
-        self.dirty.insert(name.clone());
+        self.mark_dirty(&name);
         self.refresh_digest(&name);
         self.emit(Event::MemberAlive {
             node: name.clone(),
@@ -1490,7 +1490,7 @@ impl<S: Store> Mesh<S> {
         member.suspicion = None;
         self.live.remove(&name);
         self.recently_dead.push(name.clone());
-        self.dirty.insert(name.clone());
+        self.mark_dirty(&name);
         self.refresh_digest(&name);
         self.urgent = true;
         self.emit(Event::MemberDead {
@@ -1526,7 +1526,7 @@ impl<S: Store> Mesh<S> {
         member.changed_at = now;
         member.suspicion = None;
         self.live.remove(&name);
-        self.dirty.insert(name.clone());
+        self.mark_dirty(&name);
         self.refresh_digest(&name);
         self.urgent = true;
         self.emit(Event::MemberLeft {
@@ -1661,7 +1661,7 @@ impl<S: Store> Mesh<S> {
             self.members.remove(&name);
             self.entries.remove(&name);
             self.digest.forget(&name);
-            self.dirty.insert(name.clone());
+            self.mark_dirty(&name);
             self.counters.tombstones_collected += 1;
         }
         let mut collected = 0;
@@ -1674,18 +1674,21 @@ impl<S: Store> Mesh<S> {
         self.counters.tombstones_collected += collected;
     }
 
-    /// Writes the changed members' records (only live members are kept), so a restarted node
-    /// can rejoin through them. The first write once connected replaces the previous life's
-    /// records wholesale; later ones only touch what changed, so the cost follows churn, not N.
-    fn persist_members(&mut self) {
-        if self.full_rewrite {
-            if self.live.len() == 0 {
-                // Keep the previous life's members: they are the way back in.
-                return;
-            }
-            self.dirty = self.members.keys().cloned().collect();
+    /// Notes that `name`'s stored record, if it has one, is out of date.
+    fn mark_dirty(&mut self, name: &NodeName) {
+        if self.persisted.contains(name) {
+            self.dirty.insert(name.clone());
         }
-        if self.dirty.is_empty() && !self.full_rewrite {
+    }
+
+    /// Keeps a sample of up to `members_persisted_max` live members in the store, so a
+    /// restarted node can rejoin through them: records that changed are rewritten, members that
+    /// died or left are deleted, and random live members fill the free places. The first write
+    /// once connected replaces the previous life's records wholesale. The cost follows churn
+    /// among the sampled members, not N.
+    fn persist_members(&mut self) {
+        if self.full_rewrite && self.live.len() == 0 {
+            // Keep the previous life's members: they are the way back in.
             return;
         }
         let mut batch = WriteBatch::new();
@@ -1697,25 +1700,33 @@ impl<S: Store> Mesh<S> {
         }
         let (mut written, mut deleted) = (Vec::new(), Vec::new());
         for name in &self.dirty {
-            let key = name.as_str().as_bytes().to_vec();
             match self.members.get(name).filter(|m| m.state.is_live()) {
                 Some(m) => {
-                    let record = MemberRecord {
-                        name: name.clone(),
-                        addr: m.addr,
-                        incarnation: m.incarnation,
-                        state: m.state,
-                    };
-                    batch.put(Table::Members, key, codec::encode_member(&record));
+                    batch.put(Table::Members, name.as_str(), self.member_record(name, m));
                     written.push(name.clone());
                 }
                 None => {
-                    if self.persisted.contains(name) {
-                        batch.delete(Table::Members, key);
-                        deleted.push(name.clone());
-                    }
+                    batch.delete(Table::Members, name.as_str());
+                    deleted.push(name.clone());
                 }
             }
+        }
+        let kept = self.persisted.len().saturating_sub(deleted.len());
+        let free = self.config.members_persisted_max.saturating_sub(kept);
+        if free > 0 && self.live.len() > kept {
+            let persisted = &self.persisted;
+            for name in self
+                .live
+                .sample(&mut self.rng, free, |n| !persisted.contains(n))
+            {
+                if let Some(m) = self.members.get(&name) {
+                    batch.put(Table::Members, name.as_str(), self.member_record(&name, m));
+                    written.push(name);
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
         }
         match self.store.write(batch) {
             Ok(()) => {
@@ -1729,9 +1740,19 @@ impl<S: Store> Mesh<S> {
                 self.persisted.extend(written);
                 self.dirty.clear();
             }
-            // Stays dirty, so the next tick retries.
+            // Stays dirty, so the next tick retries; the refill is drawn again.
             Err(_) => self.counters.store_write_failures += 1,
         }
+    }
+
+    /// The stored form of member `name`.
+    fn member_record(&self, name: &NodeName, m: &MemberEntry) -> Vec<u8> {
+        codec::encode_member(&MemberRecord {
+            name: name.clone(),
+            addr: m.addr,
+            incarnation: m.incarnation,
+            state: m.state,
+        })
     }
 
     // ----- stream messages: join push/pull and anti-entropy -----

@@ -1197,6 +1197,81 @@ fn a_failed_member_write_is_retried_at_the_next_persist_tick() {
 }
 
 #[test]
+fn the_store_keeps_a_bounded_sample_of_live_members_and_refills_it() {
+    // However many members are known, at most members_persisted_max are stored; news about
+    // members outside the sample writes nothing, a sampled member that dies is replaced by a
+    // live one, and a sampled member's new incarnation is rewritten.
+    let config = Config {
+        persist_interval: Duration::from_secs(1),
+        rejoin_fanout: 2,
+        members_persisted_max: 3,
+        ..Config::lan()
+    };
+    let mut mesh = lone(config);
+    let stored = |mesh: &Mesh<MemStore>| -> Vec<MemberRecord> {
+        let rows = mesh.store().scan(Table::Members).unwrap();
+        rows.iter()
+            .map(|(_, v)| codec::decode_member(v).unwrap())
+            .collect()
+    };
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..=8).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    mesh.handle_timeout(Time::from_secs(1));
+    let first = stored(&mesh);
+    assert_eq!(first.len(), 3);
+
+    let writes = mesh.store().writes();
+    feed(
+        &mut mesh,
+        1,
+        gossip((9..=20).map(|i| alive(i, 1)).collect()),
+        Time::from_secs(1),
+    );
+    mesh.handle_timeout(Time::from_secs(2));
+    assert_eq!(
+        mesh.store().writes(),
+        writes,
+        "new members outside the sample"
+    );
+
+    let victim = first[0].name.clone();
+    let witness = (1..=8)
+        .map(name)
+        .find(|n| first.iter().all(|r| &r.name != n))
+        .unwrap();
+    let dead = Update::Dead {
+        name: victim.clone(),
+        incarnation: 1,
+        source: witness,
+    };
+    feed(&mut mesh, 1, gossip(vec![dead]), Time::from_secs(2));
+    mesh.handle_timeout(Time::from_secs(3));
+    let second = stored(&mesh);
+    let names: Vec<&NodeName> = second.iter().map(|r| &r.name).collect();
+    assert_eq!(second.len(), 3);
+    assert!(!names.contains(&&victim), "a dead member stays stored");
+    assert!(first[1..].iter().all(|r| names.contains(&&r.name)));
+
+    let refuter = first[1].name.clone();
+    let index: usize = refuter.as_str()[1..].parse().unwrap();
+    feed(
+        &mut mesh,
+        1,
+        gossip(vec![alive(index, 5)]),
+        Time::from_secs(3),
+    );
+    mesh.handle_timeout(Time::from_secs(4));
+    let third = stored(&mesh);
+    let record = third.iter().find(|r| r.name == refuter).unwrap();
+    assert_eq!(record.incarnation, 5);
+    assert_eq!(third.len(), 3);
+}
+
+#[test]
 fn a_refutation_is_persisted_so_a_restart_starts_above_it() {
     // An incarnation raised by refuting is written through, so the next life starts higher.
     let mut mesh = lone(Config::lan());
