@@ -17,7 +17,7 @@ use crate::{Config, Error, NodeName, Time};
 
 use broadcast::{Broadcasts, Subject};
 use digest::{Digest, entry_hash, summary};
-use roster::Roster;
+use roster::{NOT_LIVE, Roster};
 
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
 const INCARNATION_KEY: &[u8] = b"incarnation";
@@ -298,6 +298,8 @@ struct MemberEntry {
     changed_at: Time,
     /// Boxed: few members are suspected at a time, and every member view pays for the inline size.
     suspicion: Option<Box<Suspicion>>,
+    /// Position in the roster of live members, or [`NOT_LIVE`].
+    live_at: u32,
 }
 
 /// A running Lifeguard suspicion.
@@ -1302,9 +1304,10 @@ impl<S: Store> Mesh<S> {
                         state: MemberState::Alive,
                         changed_at: now,
                         suspicion: None,
+                        live_at: NOT_LIVE,
                     },
                 );
-                self.live.insert(&name);
+                self.live.insert(&name, &mut self.members);
                 self.add_to_probe_order(name.clone());
             }
             Some(member) => {
@@ -1331,7 +1334,7 @@ impl<S: Store> Mesh<S> {
                 }
                 member.changed_at = now;
                 if !was.is_live() {
-                    self.live.insert(&name);
+                    self.live.insert(&name, &mut self.members);
                     self.add_to_probe_order(name.clone());
                 }
             }
@@ -1488,7 +1491,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Dead;
         member.changed_at = now;
         member.suspicion = None;
-        self.live.remove(&name);
+        self.live.remove(&name, &mut self.members);
         self.recently_dead.push(name.clone());
         self.mark_dirty(&name);
         self.refresh_digest(&name);
@@ -1525,7 +1528,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Left;
         member.changed_at = now;
         member.suspicion = None;
-        self.live.remove(&name);
+        self.live.remove(&name, &mut self.members);
         self.mark_dirty(&name);
         self.refresh_digest(&name);
         self.urgent = true;
@@ -1657,7 +1660,7 @@ impl<S: Store> Mesh<S> {
             Vec::new()
         };
         for name in expired {
-            self.live.remove(&name);
+            self.live.remove(&name, &mut self.members);
             self.members.remove(&name);
             self.entries.remove(&name);
             self.digest.forget(&name);

@@ -7,31 +7,59 @@ use std::collections::BTreeMap;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::MemberEntry;
 use crate::NodeName;
 
+/// The `live_at` of a member that is not in the roster.
+pub(super) const NOT_LIVE: u32 = u32::MAX;
+
+/// Each live member's position in the list is kept in its member entry (`live_at`), where it
+/// fits in padding, so the roster costs one name per live member and no index of its own.
 #[derive(Debug, Default)]
 pub(super) struct Roster {
     /// In an order that depends only on the history of inserts and removes, so it is
     /// deterministic.
     list: Vec<NodeName>,
-    pos: BTreeMap<NodeName, usize>,
 }
 
 impl Roster {
-    pub(super) fn insert(&mut self, name: &NodeName) {
-        if !self.pos.contains_key(name) {
-            self.pos.insert(name.clone(), self.list.len());
+    /// Adds `name`, which must be in `members`, unless it is already in.
+    pub(super) fn insert(
+        &mut self,
+        name: &NodeName,
+        members: &mut BTreeMap<NodeName, MemberEntry>,
+    ) {
+        let Some(member) = members.get_mut(name) else {
+            return;
+        };
+        // The member table never exceeds `members_max`, far below u32::MAX.
+        if member.live_at == NOT_LIVE
+            && let Ok(at) = u32::try_from(self.list.len())
+        {
+            member.live_at = at;
             self.list.push(name.clone());
         }
     }
 
-    pub(super) fn remove(&mut self, name: &NodeName) {
-        let Some(at) = self.pos.remove(name) else {
+    /// Removes `name`, if it is in.
+    pub(super) fn remove(
+        &mut self,
+        name: &NodeName,
+        members: &mut BTreeMap<NodeName, MemberEntry>,
+    ) {
+        let Some(member) = members.get_mut(name) else {
             return;
         };
+        let at = std::mem::replace(&mut member.live_at, NOT_LIVE);
+        if at == NOT_LIVE {
+            return;
+        }
+        let at = at as usize;
         self.list.swap_remove(at);
-        if let Some(moved) = self.list.get(at) {
-            self.pos.insert(moved.clone(), at);
+        if let Some(moved) = self.list.get(at)
+            && let Some(entry) = members.get_mut(moved)
+        {
+            entry.live_at = at as u32;
         }
     }
 
@@ -74,12 +102,48 @@ impl Roster {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use rand::SeedableRng;
 
     use super::*;
+    use crate::Time;
+    use crate::mesh::MemberState;
 
     fn name(i: usize) -> NodeName {
         format!("n{i}").parse().unwrap()
+    }
+
+    /// A member table of `n` members, none of them in a roster yet.
+    fn members(n: usize) -> BTreeMap<NodeName, MemberEntry> {
+        (0..n)
+            .map(|i| {
+                let entry = MemberEntry {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
+                    incarnation: 1,
+                    state: MemberState::Alive,
+                    changed_at: Time::ZERO,
+                    suspicion: None,
+                    live_at: NOT_LIVE,
+                };
+                (name(i), entry)
+            })
+            .collect()
+    }
+
+    /// Every listed member's entry points at its slot, and no other entry claims one.
+    fn assert_consistent(roster: &Roster, members: &BTreeMap<NodeName, MemberEntry>) {
+        for (at, listed) in roster.names().iter().enumerate() {
+            assert_eq!(members[listed].live_at as usize, at, "{listed}");
+        }
+        let claimed = members.values().filter(|m| m.live_at != NOT_LIVE).count();
+        assert_eq!(claimed, roster.len());
+    }
+
+    #[test]
+    fn the_position_fits_in_the_member_entry_padding() {
+        // The roster's claim to cost no index of its own: the entry is no larger than before.
+        assert!(std::mem::size_of::<MemberEntry>() <= 64);
     }
 
     #[test]
@@ -87,8 +151,9 @@ mod tests {
         // Whatever the size, a sample holds at most k distinct members that pass the filter.
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for n in [0, 3, 10, 200] {
+            let mut table = members(n);
             let mut roster = Roster::default();
-            (0..n).for_each(|i| roster.insert(&name(i)));
+            (0..n).for_each(|i| roster.insert(&name(i), &mut table));
             let odd = |x: &NodeName| x.as_str().ends_with(['1', '3', '5', '7', '9']);
             let chosen = roster.sample(&mut rng, 3, odd);
             assert_eq!(chosen.len(), 3.min(n / 2), "n={n}");
@@ -99,18 +164,27 @@ mod tests {
     }
 
     #[test]
-    fn removal_keeps_the_index_consistent() {
-        // Swap-remove moves the last member; its position must follow.
+    fn removal_keeps_the_positions_consistent() {
+        // Swap-remove moves the last member; the position in its entry must follow.
+        let mut table = members(6);
         let mut roster = Roster::default();
-        (0..5).for_each(|i| roster.insert(&name(i)));
-        roster.remove(&name(1));
-        roster.remove(&name(1));
-        roster.insert(&name(0));
+        (0..5).for_each(|i| roster.insert(&name(i), &mut table));
+        assert_consistent(&roster, &table);
+        roster.remove(&name(1), &mut table);
+        roster.remove(&name(1), &mut table);
+        roster.insert(&name(0), &mut table);
         assert_eq!(roster.len(), 4);
-        roster.remove(&name(4));
-        roster.remove(&name(0));
+        assert_consistent(&roster, &table);
+        roster.remove(&name(4), &mut table);
+        roster.remove(&name(0), &mut table);
+        assert_consistent(&roster, &table);
         let mut left: Vec<_> = roster.names().to_vec();
         left.sort();
         assert_eq!(left, vec![name(2), name(3)]);
+        // A name outside the member table is never listed.
+        roster.insert(&name(9), &mut table);
+        assert_eq!(roster.len(), 2);
+        roster.insert(&name(5), &mut table);
+        assert_consistent(&roster, &table);
     }
 }
