@@ -300,6 +300,8 @@ struct MemberEntry {
     suspicion: Option<Box<Suspicion>>,
     /// Position in the roster of live members, or [`NOT_LIVE`].
     live_at: u32,
+    /// What this member adds to its digest bucket (0 while it is not live).
+    digested: u64,
 }
 
 /// A running Lifeguard suspicion.
@@ -379,6 +381,8 @@ pub struct Mesh<S> {
     entries: BTreeMap<NodeName, BTreeMap<String, Entry>>,
     queue: Broadcasts,
     digest: Digest,
+    /// What this node adds to its own digest bucket.
+    own_digested: u64,
     timers: BTreeMap<(Time, u64), Timer>,
     timer_seq: u64,
     outputs: VecDeque<Output>,
@@ -471,6 +475,7 @@ impl<S: Store> Mesh<S> {
             entries: BTreeMap::from([(me, BTreeMap::new())]),
             queue: Broadcasts::default(),
             digest: Digest::new(config.sync_buckets),
+            own_digested: 0,
             timers: BTreeMap::new(),
             timer_seq: 0,
             outputs: VecDeque::new(),
@@ -1305,6 +1310,7 @@ impl<S: Store> Mesh<S> {
                         changed_at: now,
                         suspicion: None,
                         live_at: NOT_LIVE,
+                        digested: 0,
                     },
                 );
                 self.live.insert(&name, &mut self.members);
@@ -1944,14 +1950,15 @@ impl<S: Store> Mesh<S> {
     /// Brings `owner`'s contribution to the digest up to date after a change of its liveness,
     /// incarnation or entries.
     fn refresh_digest(&mut self, owner: &NodeName) {
-        let live_incarnation = if *owner == self.me {
-            (!self.left).then_some(self.incarnation)
-        } else {
-            self.members
-                .get(owner)
-                .and_then(|m| m.state.is_live().then_some(m.incarnation))
-        };
-        self.digest.set_owner(owner, live_incarnation);
+        if *owner == self.me {
+            let live_incarnation = (!self.left).then_some(self.incarnation);
+            self.digest
+                .set_owner(owner, live_incarnation, &mut self.own_digested);
+        } else if let Some(m) = self.members.get_mut(owner) {
+            let live_incarnation = m.state.is_live().then_some(m.incarnation);
+            self.digest
+                .set_owner(owner, live_incarnation, &mut m.digested);
+        }
     }
 
     /// Stores an entry and keeps the digest in step.
@@ -1985,9 +1992,9 @@ impl<S: Store> Mesh<S> {
                 check.entry_changed(owner, 0, hash);
             }
         }
-        check.set_owner(&self.me, (!self.left).then_some(self.incarnation));
+        check.set_owner(&self.me, (!self.left).then_some(self.incarnation), &mut 0);
         for (name, m) in &self.members {
-            check.set_owner(name, m.state.is_live().then_some(m.incarnation));
+            check.set_owner(name, m.state.is_live().then_some(m.incarnation), &mut 0);
         }
         check.buckets().to_vec()
     }

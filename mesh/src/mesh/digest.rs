@@ -14,11 +14,12 @@ use std::collections::BTreeMap;
 
 use crate::NodeName;
 
+/// The bucket sums, and each owner's entry sums. What each live owner currently adds to its
+/// bucket is kept by the caller (in the member's entry, or beside this node's own state) and
+/// passed to [`Digest::set_owner`], so the digest needs no per-member index of its own.
 #[derive(Debug)]
 pub(super) struct Digest {
     buckets: Vec<u64>,
-    /// What each live owner currently adds to its bucket.
-    contributions: BTreeMap<NodeName, u64>,
     /// Sum of the hashes of each owner's live entries, whether or not the owner is live.
     entry_sums: BTreeMap<NodeName, u64>,
 }
@@ -27,7 +28,6 @@ impl Digest {
     pub(super) fn new(buckets: u16) -> Self {
         Digest {
             buckets: vec![0; usize::from(buckets)],
-            contributions: BTreeMap::new(),
             entry_sums: BTreeMap::new(),
         }
     }
@@ -47,23 +47,24 @@ impl Digest {
         *sum = sum.wrapping_sub(old).wrapping_add(new);
     }
 
-    /// Forgets a collected member's entries; it must not be live.
+    /// Forgets a collected member's entries; it must not be live, so it contributes nothing.
     pub(super) fn forget(&mut self, owner: &NodeName) {
-        self.set_owner(owner, None);
         self.entry_sums.remove(owner);
     }
 
     /// Sets what `owner` contributes: its incarnation if it is live, `None` if not.
-    pub(super) fn set_owner(&mut self, owner: &NodeName, live_incarnation: Option<u64>) {
+    /// `contribution` holds what it contributed so far (0 for nothing) and is updated.
+    pub(super) fn set_owner(
+        &mut self,
+        owner: &NodeName,
+        live_incarnation: Option<u64>,
+        contribution: &mut u64,
+    ) {
         let new = live_incarnation.map_or(0, |incarnation| {
             let entries = self.entry_sums.get(owner).copied().unwrap_or(0);
             member_hash(owner, incarnation).wrapping_add(entries)
         });
-        let old = if new == 0 {
-            self.contributions.remove(owner).unwrap_or(0)
-        } else {
-            self.contributions.insert(owner.clone(), new).unwrap_or(0)
-        };
+        let old = std::mem::replace(contribution, new);
         let bucket = usize::from(self.bucket_of(owner));
         if let Some(slot) = self.buckets.get_mut(bucket) {
             *slot = slot.wrapping_sub(old).wrapping_add(new);
@@ -152,14 +153,16 @@ mod tests {
         // Adding then removing a contribution leaves the digest as it was.
         let a: NodeName = "a".parse().unwrap();
         let mut digest = Digest::new(8);
-        digest.set_owner(&a, Some(1));
+        let mut contribution = 0;
+        digest.set_owner(&a, Some(1), &mut contribution);
         let entry = entry_hash(&a, "k", 1, 1, true);
         digest.entry_changed(&a, 0, entry);
-        digest.set_owner(&a, Some(1));
+        digest.set_owner(&a, Some(1), &mut contribution);
         assert_ne!(summary(digest.buckets()), 0);
         digest.entry_changed(&a, entry, 0);
-        digest.set_owner(&a, Some(2));
-        digest.set_owner(&a, None);
+        digest.set_owner(&a, Some(2), &mut contribution);
+        digest.set_owner(&a, None, &mut contribution);
+        assert_eq!(contribution, 0);
         digest.forget(&a);
         assert!(digest.buckets().iter().all(|b| *b == 0));
     }
