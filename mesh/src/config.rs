@@ -76,7 +76,7 @@ pub struct Config {
     /// completed by anti-entropy.
     pub message_size_max: usize,
     /// Most members (excluding this node) kept in the member table; news of more is dropped.
-    /// Must be >= 1. Default 16384.
+    /// Must be >= 1 and < 2^32 - 1 (members are indexed by `u32`). Default 16384.
     pub members_max: usize,
     /// Most updates waiting to be piggybacked; when full, the most retransmitted is dropped.
     /// Must be >= 1. Default 4096.
@@ -156,7 +156,7 @@ impl Config {
 
     /// Checks every constraint stated on the fields.
     pub fn validate(&self) -> Result<(), Error> {
-        let checks: [(bool, &'static str); 22] = [
+        let checks: [(bool, &'static str); 23] = [
             (!self.probe_timeout.is_zero(), "probe_timeout must be > 0"),
             (
                 self.probe_timeout < self.probe_interval,
@@ -210,6 +210,10 @@ impl Config {
             (
                 self.members_max >= 1 && self.broadcast_queue_max >= 1,
                 "members_max and broadcast_queue_max must be >= 1",
+            ),
+            (
+                u32::try_from(self.members_max).is_ok_and(|max| max < u32::MAX),
+                "members_max must be < 2^32 - 1",
             ),
             (
                 self.indirect_pending_max >= 1 && self.output_queue_max >= 1,
@@ -266,5 +270,29 @@ mod tests {
             ..Config::lan()
         };
         assert!(matches!(config.validate(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn validate_rejects_bounds_the_core_cannot_honour() {
+        // Fewer stored members than a rejoin contacts, or more members than a u32 index holds.
+        let too_few_stored = Config {
+            rejoin_fanout: 4,
+            members_persisted_max: 3,
+            ..Config::lan()
+        };
+        assert!(matches!(
+            too_few_stored.validate(),
+            Err(Error::Config(
+                "members_persisted_max must be >= rejoin_fanout"
+            ))
+        ));
+        let too_many = Config {
+            members_max: u32::MAX as usize,
+            ..Config::lan()
+        };
+        assert!(matches!(
+            too_many.validate(),
+            Err(Error::Config("members_max must be < 2^32 - 1"))
+        ));
     }
 }

@@ -28,8 +28,7 @@ const INTERNER_PRUNE_MIN: usize = 1024;
 /// The text is shared: a node keeps a member's name in several indexes (membership, probe order,
 /// roster, digest), and a clone costs a reference count, not an allocation. Names are interned
 /// per thread as well, so the copies decoded from every frame that mentions a member share one
-/// allocation: a simulator holding thousands of nodes keeps one text per name, and comparisons
-/// in member lookups touch a few hot cache lines instead of one cold allocation per node.
+/// allocation: a simulator holding thousands of nodes keeps one text per name, not one per node.
 #[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct NodeName(Arc<str>);

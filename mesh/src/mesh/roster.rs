@@ -32,7 +32,7 @@ impl Roster {
         let Some(member) = members.get_mut(name) else {
             return;
         };
-        // The member table never exceeds `members_max`, far below u32::MAX.
+        // The member table never exceeds `members_max`, which validation keeps below NOT_LIVE.
         if member.live_at == NOT_LIVE
             && let Ok(at) = u32::try_from(self.list.len())
         {
