@@ -15,7 +15,7 @@ use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
 use crate::{Config, Error, NodeName, Time};
 
-use broadcast::{Broadcasts, Subject};
+use broadcast::Broadcasts;
 use digest::{Digest, entry_hash, summary};
 use roster::{NOT_LIVE, Roster};
 
@@ -743,7 +743,7 @@ impl<S: Store> Mesh<S> {
                         name: self.me.clone(),
                         incarnation: self.incarnation,
                     };
-                    self.enqueue(Subject::Member(self.me.clone()), update);
+                    self.enqueue(update);
                     // Push the news right away rather than waiting for the next gossip tick.
                     self.gossip_round(now);
                 }
@@ -1197,17 +1197,13 @@ impl<S: Store> Mesh<S> {
         }
     }
 
-    fn enqueue(&mut self, subject: Subject, update: Update) {
-        if self
-            .queue
-            .push(subject, update, self.config.broadcast_queue_max)
-        {
+    fn enqueue(&mut self, update: Update) {
+        if self.queue.push(update, self.config.broadcast_queue_max) {
             self.counters.broadcasts_evicted += 1;
         }
     }
 
     fn enqueue_state(&mut self, record: StateRecord) {
-        let subject = Subject::State(record.owner.clone(), record.key.clone());
         let update = Update::State(record);
         // Entries too large for any datagram travel by anti-entropy only.
         let fits =
@@ -1218,7 +1214,7 @@ impl<S: Store> Mesh<S> {
                 + codec::body_size(&update)
                 <= self.config.datagram_size_max;
         if fits {
-            self.enqueue(subject, update);
+            self.enqueue(update);
         }
     }
 
@@ -1328,14 +1324,11 @@ impl<S: Store> Mesh<S> {
                 if was == MemberState::Alive {
                     self.refresh_digest(&name);
                     self.mark_dirty(&name);
-                    self.enqueue(
-                        Subject::Member(name.clone()),
-                        Update::Alive {
-                            name,
-                            addr,
-                            incarnation,
-                        },
-                    );
+                    self.enqueue(Update::Alive {
+                        name,
+                        addr,
+                        incarnation,
+                    });
                     return;
                 }
                 member.changed_at = now;
@@ -1352,14 +1345,11 @@ impl<S: Store> Mesh<S> {
             addr,
             incarnation,
         });
-        self.enqueue(
-            Subject::Member(name.clone()),
-            Update::Alive {
-                name,
-                addr,
-                incarnation,
-            },
-        );
+        self.enqueue(Update::Alive {
+            name,
+            addr,
+            incarnation,
+        });
     }
 
     fn add_to_probe_order(&mut self, name: NodeName) {
@@ -1420,14 +1410,11 @@ impl<S: Store> Mesh<S> {
                     token,
                 },
             );
-            self.enqueue(
-                Subject::Member(name.clone()),
-                Update::Suspect {
-                    name,
-                    incarnation,
-                    source,
-                },
-            );
+            self.enqueue(Update::Suspect {
+                name,
+                incarnation,
+                source,
+            });
             return;
         }
         let suspicion = Suspicion {
@@ -1457,14 +1444,11 @@ impl<S: Store> Mesh<S> {
             node: name.clone(),
             incarnation,
         });
-        self.enqueue(
-            Subject::Member(name.clone()),
-            Update::Suspect {
-                name,
-                incarnation,
-                source,
-            },
-        );
+        self.enqueue(Update::Suspect {
+            name,
+            incarnation,
+            source,
+        });
     }
 
     fn on_suspicion_timeout(&mut self, name: NodeName, token: u64, now: Time) {
@@ -1506,14 +1490,11 @@ impl<S: Store> Mesh<S> {
             node: name.clone(),
             incarnation,
         });
-        self.enqueue(
-            Subject::Member(name.clone()),
-            Update::Dead {
-                name,
-                incarnation,
-                source,
-            },
-        );
+        self.enqueue(Update::Dead {
+            name,
+            incarnation,
+            source,
+        });
     }
 
     fn on_left(&mut self, name: NodeName, incarnation: u64, now: Time) {
@@ -1542,10 +1523,7 @@ impl<S: Store> Mesh<S> {
             node: name.clone(),
             incarnation,
         });
-        self.enqueue(
-            Subject::Member(name.clone()),
-            Update::Left { name, incarnation },
-        );
+        self.enqueue(Update::Left { name, incarnation });
     }
 
     /// Claims a higher incarnation than anything said about us, and persists it so a restart
@@ -1569,7 +1547,7 @@ impl<S: Store> Mesh<S> {
             addr: self.addr,
             incarnation: self.incarnation,
         };
-        self.enqueue(Subject::Member(self.me.clone()), update);
+        self.enqueue(update);
     }
 
     // ----- replicated state rules -----

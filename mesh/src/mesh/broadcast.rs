@@ -1,70 +1,101 @@
 //! The piggyback queue: updates waiting to ride on datagrams.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::NodeName;
 use crate::codec::{self, Update};
 
 /// What an update is about; a newer update about the same subject replaces the older one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Subject {
+enum Subject {
     Member(NodeName),
     State(NodeName, String),
 }
 
-#[derive(Debug, Clone)]
-struct Queued {
-    subject: Subject,
-    update: Update,
-    size: usize,
+impl Subject {
+    fn of(update: &Update) -> Self {
+        match update {
+            Update::Alive { name, .. }
+            | Update::Suspect { name, .. }
+            | Update::Dead { name, .. }
+            | Update::Left { name, .. } => Self::Member(name.clone()),
+            Update::State(record) => Self::State(record.owner.clone(), record.key.clone()),
+        }
+    }
 }
+
+/// A queued update and where it stands in the order.
+#[derive(Debug)]
+struct Slot {
+    update: Update,
+    seq: u64,
+    sent: u32,
+    size: u32,
+}
+
+impl Slot {
+    fn key(&self, at: u32) -> Key {
+        (self.sent, Reverse(self.seq), at)
+    }
+}
+
+/// `(transmissions, newest first, slot)`. Sequence numbers are unique, so the slot never decides
+/// the order; it only says where the update is.
+type Key = (u32, Reverse<u64>, u32);
 
 /// Updates waiting to be piggybacked, least transmitted (then newest) first. A newer update about
 /// the same subject replaces the older one, so the queue never carries contradicting news.
 ///
-/// Sequence numbers are unique, so `(transmissions, newest first)` alone orders the queue: taking
-/// updates compares integers, and names are compared only to replace or retire an update.
+/// The updates stay in their slots; the order holds small integer keys only, so taking updates
+/// compares and moves integers, and names are compared only to replace or retire an update.
 #[derive(Debug, Default)]
 pub(super) struct Broadcasts {
-    /// The queued update about each subject, by sequence number.
-    by_subject: BTreeMap<Subject, u64>,
-    /// Transmissions so far, by sequence number.
-    transmits: BTreeMap<u64, u32>,
-    order: BTreeMap<(u32, Reverse<u64>), Queued>,
+    /// The slot of the queued update about each subject.
+    by_subject: BTreeMap<Subject, u32>,
+    order: BTreeSet<Key>,
+    slots: Vec<Option<Slot>>,
+    /// Empty slots, reused before the vector grows: it never holds more slots than the most
+    /// updates ever queued at once.
+    free: Vec<u32>,
     next_seq: u64,
 }
 
 impl Broadcasts {
     /// Queues `update`; returns whether another update had to be evicted to respect `max`.
-    pub(super) fn push(&mut self, subject: Subject, update: Update, max: usize) -> bool {
-        if let Some(seq) = self.by_subject.remove(&subject)
-            && let Some(sent) = self.transmits.remove(&seq)
-        {
-            self.order.remove(&(sent, Reverse(seq)));
+    pub(super) fn push(&mut self, update: Update, max: usize) -> bool {
+        let subject = Subject::of(&update);
+        if let Some(at) = self.by_subject.remove(&subject) {
+            self.release(at);
         }
         let mut evicted = false;
         if self.by_subject.len() >= max {
             // The most transmitted update has done most of its work already.
-            if let Some(((_, Reverse(seq)), victim)) = self.order.pop_last() {
-                self.transmits.remove(&seq);
-                self.by_subject.remove(&victim.subject);
+            if let Some((_, _, at)) = self.order.last().copied() {
+                let victim = self.release(at);
+                self.by_subject.remove(&Subject::of(&victim.update));
                 evicted = true;
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let size = codec::body_size(&update);
-        self.by_subject.insert(subject.clone(), seq);
-        self.transmits.insert(seq, 0);
-        self.order.insert(
-            (0, Reverse(seq)),
-            Queued {
-                subject,
-                update,
-                size,
-            },
-        );
+        let size = u32::try_from(codec::body_size(&update)).unwrap_or(u32::MAX);
+        let slot = Slot {
+            update,
+            seq,
+            sent: 0,
+            size,
+        };
+        let at = match self.free.pop() {
+            Some(at) => at,
+            None => {
+                self.slots.push(None);
+                u32::try_from(self.slots.len() - 1).expect("queue bound fits in u32")
+            }
+        };
+        self.order.insert(slot.key(at));
+        self.slots[at as usize] = Some(slot);
+        self.by_subject.insert(subject, at);
         evicted
     }
 
@@ -73,9 +104,10 @@ impl Broadcasts {
     pub(super) fn take(&mut self, mut budget: usize, limit: u32) -> Vec<Update> {
         let mut chosen = Vec::new();
         let mut misses = 0;
-        for (&key, queued) in &self.order {
-            if queued.size <= budget {
-                budget -= queued.size;
+        for &key in &self.order {
+            let size = self.slot(key.2).size as usize;
+            if size <= budget {
+                budget -= size;
                 chosen.push(key);
             } else {
                 misses += 1;
@@ -86,18 +118,20 @@ impl Broadcasts {
             }
         }
         let mut out = Vec::with_capacity(chosen.len());
-        for (sent, seq) in chosen {
-            let Some(queued) = self.order.remove(&(sent, seq)) else {
-                continue;
-            };
-            out.push(queued.update.clone());
-            let sent = sent + 1;
-            if sent >= limit {
-                self.transmits.remove(&seq.0);
-                self.by_subject.remove(&queued.subject);
+        for key in chosen {
+            self.order.remove(&key);
+            let at = key.2;
+            let slot = self.slots[at as usize]
+                .as_mut()
+                .expect("every key in the order has a slot");
+            out.push(slot.update.clone());
+            slot.sent += 1;
+            if slot.sent >= limit {
+                let retired = self.release_slot(at);
+                self.by_subject.remove(&Subject::of(&retired.update));
             } else {
-                self.transmits.insert(seq.0, sent);
-                self.order.insert((sent, seq), queued);
+                let key = slot.key(at);
+                self.order.insert(key);
             }
         }
         out
@@ -106,32 +140,47 @@ impl Broadcasts {
     pub(super) fn len(&self) -> usize {
         self.by_subject.len()
     }
+
+    fn slot(&self, at: u32) -> &Slot {
+        self.slots[at as usize]
+            .as_ref()
+            .expect("every key in the order has a slot")
+    }
+
+    /// Removes the update in slot `at` from the order and frees the slot.
+    fn release(&mut self, at: u32) -> Slot {
+        let key = self.slot(at).key(at);
+        self.order.remove(&key);
+        self.release_slot(at)
+    }
+
+    fn release_slot(&mut self, at: u32) -> Slot {
+        self.free.push(at);
+        self.slots[at as usize]
+            .take()
+            .expect("a queued subject has a slot")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn left(i: u64) -> (Subject, Update) {
-        let name: NodeName = format!("n{i}").parse().unwrap();
-        (
-            Subject::Member(name.clone()),
-            Update::Left {
-                name,
-                incarnation: i,
-            },
-        )
+    fn left(i: u64) -> Update {
+        Update::Left {
+            name: format!("member-{i:04}").parse().unwrap(),
+            incarnation: i,
+        }
     }
 
     #[test]
     fn least_sent_goes_first_and_the_limit_retires_updates() {
         // Each update is sent exactly `limit` times, fresh news before repeated news.
         let mut queue = Broadcasts::default();
-        let (subject, update) = left(1);
-        queue.push(subject, update, 10);
+        queue.push(left(1), 10);
         assert_eq!(queue.take(1000, 2).len(), 1);
-        let (subject, update) = left(2);
-        queue.push(subject, update.clone(), 10);
+        let update = left(2);
+        queue.push(update.clone(), 10);
         let one_fits = codec::body_size(&update);
         assert_eq!(queue.take(one_fits, 2), vec![update]);
         assert_eq!(
@@ -147,15 +196,37 @@ mod tests {
     fn newer_news_replaces_older_news_about_the_same_subject() {
         // The queue never carries two contradicting updates about one member.
         let mut queue = Broadcasts::default();
-        let (subject, old) = left(1);
-        queue.push(subject.clone(), old, 10);
-        let name: NodeName = "n1".parse().unwrap();
+        queue.push(left(1), 10);
         let newer = Update::Left {
-            name,
+            name: "member-0001".parse().unwrap(),
             incarnation: 9,
         };
-        queue.push(subject, newer.clone(), 10);
+        queue.push(newer.clone(), 10);
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.take(1000, 5), vec![newer]);
+    }
+
+    #[test]
+    fn a_full_queue_evicts_the_most_sent_oldest_update_and_reuses_its_slot() {
+        let mut queue = Broadcasts::default();
+        for i in 1..=3 {
+            queue.push(left(i), 3);
+        }
+        // One transmission each for n3 and n2, the newest first; n1 stays unsent.
+        let two_fit = codec::body_size(&left(3)) + codec::body_size(&left(2));
+        assert_eq!(queue.take(two_fit, 10), vec![left(3), left(2)]);
+        assert!(queue.push(left(4), 3), "the queue was full");
+        assert_eq!(queue.len(), 3);
+        // n2 was the older of the two sent updates, so it went; n4 is new, n1 unsent, n3 sent.
+        assert_eq!(queue.take(1000, 10), vec![left(4), left(1), left(3)]);
+        for i in 5..100 {
+            queue.push(left(i), 3);
+        }
+        assert_eq!(queue.len(), 3);
+        assert_eq!(
+            queue.slots.len(),
+            3,
+            "slots are reused, never more than the bound"
+        );
     }
 }
