@@ -36,6 +36,10 @@ const MESSAGE_OVERHEAD: usize = 64;
 /// length a datagram can hold (< 65536 needs 3 bytes).
 const SEQ_LEN_SLACK: usize = 2;
 
+/// Outputs the drained output queue keeps room for. A burst (a join reply announces every
+/// member) gives the rest back, so a node does not hold a burst's worth of memory for good.
+const OUTPUTS_KEPT: usize = 64;
+
 /// A member's state as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum MemberState {
@@ -576,7 +580,11 @@ impl<S: Store> Mesh<S> {
 
     /// The next thing the driver must do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop_front();
+        if output.is_none() && self.outputs.capacity() > OUTPUTS_KEPT {
+            self.outputs.shrink_to(OUTPUTS_KEPT);
+        }
+        output
     }
 
     /// Every member this node knows, itself included, tombstones included, in name order.

@@ -1607,3 +1607,20 @@ fn stored_members_follow_churn_and_replace_the_previous_life_once_connected() {
     mesh.handle_timeout(Time::from_secs(3));
     assert_eq!(stored(&mesh), vec![b"n1".to_vec()]);
 }
+
+#[test]
+fn a_drained_output_queue_gives_back_the_room_of_a_burst() {
+    let mut mesh = lone(Config::default());
+    drain_all(&mut mesh);
+    for batch in 0..10 {
+        let updates = (1..=20).map(|i| alive(batch * 20 + i, 1)).collect();
+        feed(&mut mesh, 1, gossip(updates), Time::ZERO);
+    }
+    assert!(mesh.outputs.capacity() >= 200, "the burst was queued");
+    let events = drain_all(&mut mesh)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Event(Event::MemberAlive { .. })))
+        .count();
+    assert_eq!(events, 200);
+    assert!(mesh.outputs.capacity() <= OUTPUTS_KEPT);
+}
