@@ -17,6 +17,7 @@ use crate::{Config, Error, NodeName, Time};
 
 use broadcast::Broadcasts;
 use digest::{Digest, entry_hash, summary};
+use members::Members;
 use roster::{NOT_LIVE, Roster};
 
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
@@ -27,6 +28,10 @@ const FIRST_SYNC_PROBE_PERIODS: u32 = 2;
 
 /// Mixed into the RNG seed to draw a fresh store's first incarnation.
 const FRESH_START_SALT: u64 = 0x6669_7273_745f_6c69;
+
+/// Mixed into the RNG seed to key the member table's hashing, so that the key costs the
+/// protocol's RNG no draw.
+const MEMBER_HASH_SALT: u64 = 0x6d65_6d62_6572_735f;
 
 /// Bytes reserved in a stream message for everything but the records: the sender address, enum
 /// tags, flags and the length prefixes of up to four sequences.
@@ -308,6 +313,21 @@ struct MemberEntry {
     digested: u64,
 }
 
+impl MemberEntry {
+    /// A member just heard of: alive, in no roster yet, adding nothing to the digest yet.
+    fn alive(addr: SocketAddr, incarnation: u64, now: Time) -> Self {
+        Self {
+            addr,
+            incarnation,
+            state: MemberState::Alive,
+            changed_at: now,
+            suspicion: None,
+            live_at: NOT_LIVE,
+            digested: 0,
+        }
+    }
+}
+
 /// A running Lifeguard suspicion.
 #[derive(Debug, Clone)]
 struct Suspicion {
@@ -376,7 +396,7 @@ pub struct Mesh<S> {
     store: S,
     rng: ChaCha8Rng,
     /// Every other member, tombstones included.
-    members: BTreeMap<NodeName, MemberEntry>,
+    members: Members,
     /// The alive and suspect members of `members`.
     live: Roster,
     /// Members declared dead recently, still gossiped to (pruned by `gossip_to_dead`).
@@ -473,7 +493,7 @@ impl<S: Store> Mesh<S> {
             changed_at: now,
             store,
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
-            members: BTreeMap::new(),
+            members: Members::new(rng_seed ^ MEMBER_HASH_SALT),
             live: Roster::default(),
             recently_dead: Vec::new(),
             entries: BTreeMap::from([(me, BTreeMap::new())]),
@@ -602,7 +622,8 @@ impl<S: Store> Mesh<S> {
         };
         let mut out: Vec<Member> = self
             .members
-            .iter()
+            .sorted()
+            .into_iter()
             .map(|(name, m)| Member {
                 name: name.clone(),
                 addr: m.addr,
@@ -1305,18 +1326,8 @@ impl<S: Store> Mesh<S> {
                     self.counters.members_dropped += 1;
                     return;
                 }
-                self.members.insert(
-                    name.clone(),
-                    MemberEntry {
-                        addr,
-                        incarnation,
-                        state: MemberState::Alive,
-                        changed_at: now,
-                        suspicion: None,
-                        live_at: NOT_LIVE,
-                        digested: 0,
-                    },
-                );
+                self.members
+                    .insert(name.clone(), MemberEntry::alive(addr, incarnation, now));
                 self.live.insert(&name, &mut self.members);
                 self.add_to_probe_order(name.clone());
             }
@@ -1642,7 +1653,7 @@ impl<S: Store> Mesh<S> {
     fn collect_tombstones(&mut self, now: Time) {
         let ttl = self.config.tombstone_ttl;
         // Only dead and departed members expire.
-        let expired: Vec<NodeName> = if self.has_departed() {
+        let mut expired: Vec<NodeName> = if self.has_departed() {
             self.members
                 .iter()
                 .filter(|(_, m)| !m.state.is_live() && now.saturating_since(m.changed_at) >= ttl)
@@ -1651,6 +1662,7 @@ impl<S: Store> Mesh<S> {
         } else {
             Vec::new()
         };
+        expired.sort_unstable();
         for name in expired {
             self.live.remove(&name, &mut self.members);
             self.members.remove(&name);
@@ -1778,14 +1790,15 @@ impl<S: Store> Mesh<S> {
         let mut budget = self.config.message_size_max - MESSAGE_OVERHEAD;
         let mut truncated = false;
         let mut members = Vec::new();
-        let records = std::iter::once(self.my_record()).chain(self.members.iter().map(|(n, m)| {
-            MemberRecord {
-                name: n.clone(),
-                addr: m.addr,
-                incarnation: m.incarnation,
-                state: m.state,
-            }
-        }));
+        let records =
+            std::iter::once(self.my_record()).chain(self.members.sorted().into_iter().map(
+                |(n, m)| MemberRecord {
+                    name: n.clone(),
+                    addr: m.addr,
+                    incarnation: m.incarnation,
+                    state: m.state,
+                },
+            ));
         for record in records {
             let size = codec::body_size(&record);
             if size > budget {
@@ -1879,7 +1892,7 @@ impl<S: Store> Mesh<S> {
                 Body::SyncSummary { hash },
             );
         }
-        let dead: Vec<(NodeName, SocketAddr)> = if self.has_departed() {
+        let mut dead: Vec<(NodeName, SocketAddr)> = if self.has_departed() {
             self.members
                 .iter()
                 .filter(|(_, m)| m.state == MemberState::Dead)
@@ -1888,6 +1901,7 @@ impl<S: Store> Mesh<S> {
         } else {
             Vec::new()
         };
+        dead.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Some((name, addr)) = sample(&mut self.rng, dead, 1).pop() {
             self.send_message(
                 Target {
@@ -1979,7 +1993,7 @@ impl<S: Store> Mesh<S> {
             }
         }
         check.set_owner(&self.me, (!self.left).then_some(self.incarnation), &mut 0);
-        for (name, m) in &self.members {
+        for (name, m) in self.members.iter() {
             check.set_owner(name, m.state.is_live().then_some(m.incarnation), &mut 0);
         }
         check.buckets().to_vec()
@@ -1993,7 +2007,15 @@ impl<S: Store> Mesh<S> {
     ) -> (Vec<u16>, Vec<MemberRecord>, Vec<StateRecord>, bool) {
         let wanted_set: BTreeSet<u16> = wanted.iter().copied().collect();
         let mut per_bucket: BTreeMap<u16, (Vec<MemberRecord>, Vec<StateRecord>)> = BTreeMap::new();
-        let all = std::iter::once(self.my_record()).chain(self.members.iter().map(|(n, m)| {
+        // Members of the wanted buckets in name order; sorting only those keeps a sync of a
+        // few buckets from paying for a sort of the whole table.
+        let mut chosen: Vec<_> = self
+            .members
+            .iter()
+            .filter(|(n, _)| wanted_set.contains(&self.bucket_of(n)))
+            .collect();
+        chosen.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let all = std::iter::once(self.my_record()).chain(chosen.into_iter().map(|(n, m)| {
             MemberRecord {
                 name: n.clone(),
                 addr: m.addr,
@@ -2191,6 +2213,7 @@ fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
 
 mod broadcast;
 mod digest;
+mod members;
 mod roster;
 
 #[cfg(test)]

@@ -2,12 +2,10 @@
 //! probers, sync partners) cost O(k log N) instead of a scan of the whole member table: the
 //! simulator runs thousands of cores, each choosing several times per second.
 
-use std::collections::BTreeMap;
-
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::MemberEntry;
+use super::members::Members;
 use crate::NodeName;
 
 /// The `live_at` of a member that is not in the roster.
@@ -24,11 +22,7 @@ pub(super) struct Roster {
 
 impl Roster {
     /// Adds `name`, which must be in `members`, unless it is already in.
-    pub(super) fn insert(
-        &mut self,
-        name: &NodeName,
-        members: &mut BTreeMap<NodeName, MemberEntry>,
-    ) {
+    pub(super) fn insert(&mut self, name: &NodeName, members: &mut Members) {
         let Some(member) = members.get_mut(name) else {
             return;
         };
@@ -42,11 +36,7 @@ impl Roster {
     }
 
     /// Removes `name`, if it is in.
-    pub(super) fn remove(
-        &mut self,
-        name: &NodeName,
-        members: &mut BTreeMap<NodeName, MemberEntry>,
-    ) {
+    pub(super) fn remove(&mut self, name: &NodeName, members: &mut Members) {
         let Some(member) = members.get_mut(name) else {
             return;
         };
@@ -108,36 +98,34 @@ mod tests {
 
     use super::*;
     use crate::Time;
-    use crate::mesh::MemberState;
+    use crate::mesh::MemberEntry;
 
     fn name(i: usize) -> NodeName {
         format!("n{i}").parse().unwrap()
     }
 
     /// A member table of `n` members, none of them in a roster yet.
-    fn members(n: usize) -> BTreeMap<NodeName, MemberEntry> {
-        (0..n)
-            .map(|i| {
-                let entry = MemberEntry {
-                    addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
-                    incarnation: 1,
-                    state: MemberState::Alive,
-                    changed_at: Time::ZERO,
-                    suspicion: None,
-                    live_at: NOT_LIVE,
-                    digested: 0,
-                };
-                (name(i), entry)
-            })
-            .collect()
+    fn members(n: usize) -> Members {
+        let mut table = Members::new(1);
+        for i in 0..n {
+            let addr = SocketAddr::from(([127, 0, 0, 1], 7000));
+            table.insert(name(i), MemberEntry::alive(addr, 1, Time::ZERO));
+        }
+        table
     }
 
     /// Every listed member's entry points at its slot, and no other entry claims one.
-    fn assert_consistent(roster: &Roster, members: &BTreeMap<NodeName, MemberEntry>) {
+    fn assert_consistent(roster: &Roster, members: &Members) {
         for (at, listed) in roster.names().iter().enumerate() {
-            assert_eq!(members[listed].live_at as usize, at, "{listed}");
+            let entry = members
+                .get(listed)
+                .expect("listed members are in the table");
+            assert_eq!(entry.live_at as usize, at, "{listed}");
         }
-        let claimed = members.values().filter(|m| m.live_at != NOT_LIVE).count();
+        let claimed = members
+            .iter()
+            .filter(|(_, m)| m.live_at != NOT_LIVE)
+            .count();
         assert_eq!(claimed, roster.len());
     }
 
