@@ -90,7 +90,9 @@ pub(crate) enum Update {
         name: NodeName,
         incarnation: u64,
     },
-    State(StateRecord),
+    /// Boxed: state updates are the largest and the rarest, and every queued update pays for
+    /// the inline size of the largest.
+    State(Box<StateRecord>),
 }
 
 /// One replicated state entry; `value` None is a deletion tombstone.
@@ -374,7 +376,7 @@ mod tests {
             ),
             (name_strategy(), any::<u64>())
                 .prop_map(|(name, incarnation)| Update::Left { name, incarnation }),
-            record_strategy().prop_map(Update::State),
+            record_strategy().prop_map(|r| Update::State(Box::new(r))),
         ]
     }
 

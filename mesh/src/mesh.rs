@@ -1233,7 +1233,7 @@ impl<S: Store> Mesh<S> {
     }
 
     fn enqueue_state(&mut self, record: StateRecord) {
-        let update = Update::State(record);
+        let update = Update::State(Box::new(record));
         // Entries too large for any datagram travel by anti-entropy only.
         let fits =
             1 + codec::body_size(&Datagram {
@@ -1290,7 +1290,7 @@ impl<S: Store> Mesh<S> {
                 source,
             } => self.on_dead(name, incarnation, source, now),
             Update::Left { name, incarnation } => self.on_left(name, incarnation, now),
-            Update::State(record) => self.on_state(record, now),
+            Update::State(record) => self.on_state(*record, now),
         }
     }
 

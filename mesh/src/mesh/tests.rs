@@ -949,13 +949,13 @@ fn state_keys_max_bounds_what_is_accepted_from_others() {
     let mut mesh = lone(config);
     let mut updates = vec![alive(1, 1)];
     for v in 1..=4 {
-        updates.push(Update::State(StateRecord {
+        updates.push(Update::State(Box::new(StateRecord {
             owner: name(1),
             key: format!("k{v}"),
             generation: 1,
             version: v,
             value: Some(vec![1]),
-        }));
+        })));
     }
     feed(&mut mesh, 1, gossip(updates), Time::ZERO);
     assert_eq!(mesh.state_of(&name(1)).count(), 2);
@@ -1048,7 +1048,7 @@ fn a_stale_entry_of_a_previous_life_is_buried_by_its_owner() {
     feed(
         &mut mesh,
         1,
-        gossip(vec![alive(1, 1), Update::State(stale)]),
+        gossip(vec![alive(1, 1), Update::State(Box::new(stale))]),
         Time::ZERO,
     );
     let entry = mesh
@@ -1377,7 +1377,7 @@ mod fuzz {
             }),
             (small_name(), 0..8u64)
                 .prop_map(|(name, incarnation)| Update::Left { name, incarnation }),
-            record().prop_map(Update::State),
+            record().prop_map(|r| Update::State(Box::new(r))),
         ]
     }
 
