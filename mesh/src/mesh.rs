@@ -33,6 +33,9 @@ const FRESH_START_SALT: u64 = 0x6669_7273_745f_6c69;
 /// protocol's RNG no draw.
 const MEMBER_HASH_SALT: u64 = 0x6d65_6d62_6572_735f;
 
+/// Mixed into the RNG seed to key the piggyback queue's subject index, likewise.
+const QUEUE_HASH_SALT: u64 = 0x7175_6575_655f_6964;
+
 /// Bytes reserved in a stream message for everything but the records: the sender address, enum
 /// tags, flags and the length prefixes of up to four sequences.
 const MESSAGE_OVERHEAD: usize = 64;
@@ -497,7 +500,7 @@ impl<S: Store> Mesh<S> {
             live: Roster::default(),
             recently_dead: Vec::new(),
             entries: BTreeMap::from([(me, BTreeMap::new())]),
-            queue: Broadcasts::default(),
+            queue: Broadcasts::new(rng_seed ^ QUEUE_HASH_SALT),
             digest: Digest::new(config.sync_buckets),
             own_digested: 0,
             timers: BTreeMap::new(),

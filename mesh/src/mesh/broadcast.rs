@@ -1,26 +1,30 @@
 //! The piggyback queue: updates waiting to ride on datagrams.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
+
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use crate::NodeName;
 use crate::codec::{self, Update};
 
 /// What an update is about; a newer update about the same subject replaces the older one.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Subject {
-    Member(NodeName),
-    State(NodeName, String),
+#[derive(PartialEq, Eq, Hash)]
+enum Subject<'a> {
+    Member(&'a NodeName),
+    State(&'a NodeName, &'a str),
 }
 
-impl Subject {
-    fn of(update: &Update) -> Self {
+impl<'a> Subject<'a> {
+    fn of(update: &'a Update) -> Self {
         match update {
             Update::Alive { name, .. }
             | Update::Suspect { name, .. }
             | Update::Dead { name, .. }
-            | Update::Left { name, .. } => Self::Member(name.clone()),
-            Update::State(record) => Self::State(record.owner.clone(), record.key.clone()),
+            | Update::Left { name, .. } => Self::Member(name),
+            Update::State(record) => Self::State(&record.owner, &record.key),
         }
     }
 }
@@ -47,12 +51,14 @@ type Key = (u32, Reverse<u64>, u32);
 /// Updates waiting to be piggybacked, least transmitted (then newest) first. A newer update about
 /// the same subject replaces the older one, so the queue never carries contradicting news.
 ///
-/// The updates stay in their slots; the order holds small integer keys only, so taking updates
-/// compares and moves integers, and names are compared only to replace or retire an update.
-#[derive(Debug, Default)]
+/// The updates stay in their slots. The order holds small integer keys, so taking updates
+/// compares and moves integers; the subject index holds slot numbers hashed through the
+/// subjects of the updates in them, so a queued update costs no second copy of its subject.
+#[derive(Debug)]
 pub(super) struct Broadcasts {
     /// The slot of the queued update about each subject.
-    by_subject: BTreeMap<Subject, u32>,
+    by_subject: HashTable<u32>,
+    hasher: FixedState,
     order: BTreeSet<Key>,
     slots: Vec<Option<Slot>>,
     /// Empty slots, reused before the vector grows: it never holds more slots than the most
@@ -62,30 +68,42 @@ pub(super) struct Broadcasts {
 }
 
 impl Broadcasts {
+    /// An empty queue whose subject index is keyed by `seed`; the index serves lookups only,
+    /// so the seed changes no outcome.
+    pub(super) fn new(seed: u64) -> Self {
+        Self {
+            by_subject: HashTable::new(),
+            hasher: FixedState::with_seed(seed),
+            order: BTreeSet::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            next_seq: 0,
+        }
+    }
+
     /// Queues `update`; returns whether another update had to be evicted to respect `max`.
     pub(super) fn push(&mut self, update: Update, max: usize) -> bool {
         let subject = Subject::of(&update);
-        if let Some(at) = self.by_subject.remove(&subject) {
-            self.release(at);
+        let hash = self.hasher.hash_one(&subject);
+        let slots = &self.slots;
+        let older = self
+            .by_subject
+            .find(hash, |&at| Subject::of(&slot(slots, at).update) == subject)
+            .copied();
+        if let Some(at) = older {
+            self.forget(at);
         }
         let mut evicted = false;
         if self.by_subject.len() >= max {
             // The most transmitted update has done most of its work already.
-            if let Some((_, _, at)) = self.order.last().copied() {
-                let victim = self.release(at);
-                self.by_subject.remove(&Subject::of(&victim.update));
+            if let Some(&(_, _, at)) = self.order.last() {
+                self.forget(at);
                 evicted = true;
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         let size = u32::try_from(codec::body_size(&update)).unwrap_or(u32::MAX);
-        let slot = Slot {
-            update,
-            seq,
-            sent: 0,
-            size,
-        };
         let at = match self.free.pop() {
             Some(at) => at,
             None => {
@@ -93,9 +111,18 @@ impl Broadcasts {
                 u32::try_from(self.slots.len() - 1).expect("queue bound fits in u32")
             }
         };
-        self.order.insert(slot.key(at));
-        self.slots[at as usize] = Some(slot);
-        self.by_subject.insert(subject, at);
+        let new = Slot {
+            update,
+            seq,
+            sent: 0,
+            size,
+        };
+        self.order.insert(new.key(at));
+        self.slots[at as usize] = Some(new);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_subject.insert_unique(hash, at, |&p| {
+            hasher.hash_one(Subject::of(&slot(slots, p).update))
+        });
         evicted
     }
 
@@ -105,7 +132,7 @@ impl Broadcasts {
         let mut chosen = Vec::new();
         let mut misses = 0;
         for &key in &self.order {
-            let size = self.slot(key.2).size as usize;
+            let size = slot(&self.slots, key.2).size as usize;
             if size <= budget {
                 budget -= size;
                 chosen.push(key);
@@ -121,16 +148,15 @@ impl Broadcasts {
         for key in chosen {
             self.order.remove(&key);
             let at = key.2;
-            let slot = self.slots[at as usize]
+            let taken = self.slots[at as usize]
                 .as_mut()
                 .expect("every key in the order has a slot");
-            out.push(slot.update.clone());
-            slot.sent += 1;
-            if slot.sent >= limit {
-                let retired = self.release_slot(at);
-                self.by_subject.remove(&Subject::of(&retired.update));
+            out.push(taken.update.clone());
+            taken.sent += 1;
+            if taken.sent >= limit {
+                self.forget(at);
             } else {
-                let key = slot.key(at);
+                let key = taken.key(at);
                 self.order.insert(key);
             }
         }
@@ -141,25 +167,24 @@ impl Broadcasts {
         self.by_subject.len()
     }
 
-    fn slot(&self, at: u32) -> &Slot {
-        self.slots[at as usize]
-            .as_ref()
-            .expect("every key in the order has a slot")
-    }
-
-    /// Removes the update in slot `at` from the order and frees the slot.
-    fn release(&mut self, at: u32) -> Slot {
-        let key = self.slot(at).key(at);
-        self.order.remove(&key);
-        self.release_slot(at)
-    }
-
-    fn release_slot(&mut self, at: u32) -> Slot {
+    /// Drops the update in slot `at` from the order and the subject index, and frees the slot.
+    fn forget(&mut self, at: u32) {
+        let Some(gone) = self.slots[at as usize].take() else {
+            return;
+        };
+        self.order.remove(&gone.key(at));
+        let hash = self.hasher.hash_one(Subject::of(&gone.update));
+        if let Ok(found) = self.by_subject.find_entry(hash, |&p| p == at) {
+            found.remove();
+        }
         self.free.push(at);
-        self.slots[at as usize]
-            .take()
-            .expect("a queued subject has a slot")
     }
+}
+
+fn slot(slots: &[Option<Slot>], at: u32) -> &Slot {
+    slots[at as usize]
+        .as_ref()
+        .expect("every queued update has a slot")
 }
 
 #[cfg(test)]
@@ -176,7 +201,7 @@ mod tests {
     #[test]
     fn least_sent_goes_first_and_the_limit_retires_updates() {
         // Each update is sent exactly `limit` times, fresh news before repeated news.
-        let mut queue = Broadcasts::default();
+        let mut queue = Broadcasts::new(1);
         queue.push(left(1), 10);
         assert_eq!(queue.take(1000, 2).len(), 1);
         let update = left(2);
@@ -195,7 +220,7 @@ mod tests {
     #[test]
     fn newer_news_replaces_older_news_about_the_same_subject() {
         // The queue never carries two contradicting updates about one member.
-        let mut queue = Broadcasts::default();
+        let mut queue = Broadcasts::new(1);
         queue.push(left(1), 10);
         let newer = Update::Left {
             name: "member-0001".parse().unwrap(),
@@ -207,8 +232,37 @@ mod tests {
     }
 
     #[test]
+    fn state_updates_replace_each_other_per_owner_and_key() {
+        let state = |owner: &str, key: &str, version| {
+            Update::State(Box::new(codec::StateRecord {
+                owner: owner.parse().unwrap(),
+                key: key.to_owned(),
+                generation: 1,
+                version,
+                value: Some(vec![1]),
+            }))
+        };
+        let mut queue = Broadcasts::new(1);
+        queue.push(state("a", "k", 1), 10);
+        queue.push(state("a", "other", 1), 10);
+        queue.push(state("b", "k", 1), 10);
+        // News about member "a" is about another subject than a's entries.
+        let a_left = Update::Left {
+            name: "a".parse().unwrap(),
+            incarnation: 1,
+        };
+        queue.push(a_left, 10);
+        assert_eq!(queue.len(), 4);
+        queue.push(state("a", "k", 2), 10);
+        assert_eq!(queue.len(), 4);
+        let taken = queue.take(10_000, 5);
+        assert!(taken.contains(&state("a", "k", 2)));
+        assert!(!taken.contains(&state("a", "k", 1)));
+    }
+
+    #[test]
     fn a_full_queue_evicts_the_most_sent_oldest_update_and_reuses_its_slot() {
-        let mut queue = Broadcasts::default();
+        let mut queue = Broadcasts::new(1);
         for i in 1..=3 {
             queue.push(left(i), 3);
         }
