@@ -17,8 +17,7 @@ use crate::{Config, Error, NodeName, Time};
 
 use broadcast::Broadcasts;
 use digest::{Digest, entry_hash, summary};
-use members::Members;
-use roster::{NOT_LIVE, Roster};
+use members::{Members, NOT_LIVE};
 
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
 const INCARNATION_KEY: &[u8] = b"incarnation";
@@ -401,7 +400,6 @@ pub struct Mesh<S> {
     /// Every other member, tombstones included.
     members: Members,
     /// The alive and suspect members of `members`.
-    live: Roster,
     /// Members declared dead recently, still gossiped to (pruned by `gossip_to_dead`).
     recently_dead: Vec<NodeName>,
     /// Replicated state per owner that has any, this node included.
@@ -497,7 +495,6 @@ impl<S: Store> Mesh<S> {
             store,
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             members: Members::new(rng_seed ^ MEMBER_HASH_SALT),
-            live: Roster::default(),
             recently_dead: Vec::new(),
             entries: BTreeMap::from([(me, BTreeMap::new())]),
             queue: Broadcasts::new(rng_seed ^ QUEUE_HASH_SALT),
@@ -999,7 +996,7 @@ impl<S: Store> Mesh<S> {
                     return Some(name);
                 }
             }
-            let mut order: Vec<NodeName> = self.live.names().to_vec();
+            let mut order: Vec<NodeName> = self.members.live_names().cloned().collect();
             shuffle(&mut self.rng, &mut order);
             self.probe_order = order;
             self.probe_next = 0;
@@ -1017,13 +1014,9 @@ impl<S: Store> Mesh<S> {
             return;
         };
         let members = &self.members;
-        let chosen: Vec<(NodeName, SocketAddr)> = self
-            .live
-            .sample(&mut self.rng, self.config.indirect_checks, |name| {
-                *name != target
-                    && members
-                        .get(name)
-                        .is_some_and(|m| m.state == MemberState::Alive)
+        let chosen: Vec<(NodeName, SocketAddr)> = members
+            .sample_live(&mut self.rng, self.config.indirect_checks, |name, m| {
+                *name != target && m.state == MemberState::Alive
             })
             .into_iter()
             .filter_map(|name| members.get(&name).map(|m| (name, m.addr)))
@@ -1164,7 +1157,7 @@ impl<S: Store> Mesh<S> {
 
     /// Live members, this node included.
     fn live_count(&self) -> usize {
-        1 + self.live.len()
+        1 + self.members.live_len()
     }
 
     /// Sends `probe` to `to` with as many queued updates as fit; `first` goes before them.
@@ -1208,7 +1201,7 @@ impl<S: Store> Mesh<S> {
             })
         });
         let fanout = self.config.gossip_fanout;
-        let mut candidates = self.live.sample(&mut self.rng, fanout, |_| true);
+        let mut candidates = members.sample_live(&mut self.rng, fanout, |_, _| true);
         candidates.extend(self.recently_dead.iter().cloned());
         let chosen: Vec<(NodeName, SocketAddr)> = sample(&mut self.rng, candidates, fanout)
             .into_iter()
@@ -1331,7 +1324,7 @@ impl<S: Store> Mesh<S> {
                 }
                 self.members
                     .insert(name.clone(), MemberEntry::alive(addr, incarnation, now));
-                self.live.insert(&name, &mut self.members);
+                self.members.set_live(&name);
                 self.add_to_probe_order(name.clone());
             }
             Some(member) => {
@@ -1355,7 +1348,7 @@ impl<S: Store> Mesh<S> {
                 }
                 member.changed_at = now;
                 if !was.is_live() {
-                    self.live.insert(&name, &mut self.members);
+                    self.members.set_live(&name);
                     self.add_to_probe_order(name.clone());
                 }
             }
@@ -1503,7 +1496,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Dead;
         member.changed_at = now;
         member.suspicion = None;
-        self.live.remove(&name, &mut self.members);
+        self.members.set_not_live(&name);
         self.recently_dead.push(name.clone());
         self.mark_dirty(&name);
         self.refresh_digest(&name);
@@ -1537,7 +1530,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Left;
         member.changed_at = now;
         member.suspicion = None;
-        self.live.remove(&name, &mut self.members);
+        self.members.set_not_live(&name);
         self.mark_dirty(&name);
         self.refresh_digest(&name);
         self.urgent = true;
@@ -1650,7 +1643,7 @@ impl<S: Store> Mesh<S> {
     /// Whether any member is dead or has left. The roster holds exactly the live members, so
     /// the common case, all live, skips scans of the whole member table.
     fn has_departed(&self) -> bool {
-        self.members.len() > self.live.len()
+        self.members.len() > self.members.live_len()
     }
 
     fn collect_tombstones(&mut self, now: Time) {
@@ -1667,7 +1660,7 @@ impl<S: Store> Mesh<S> {
         };
         expired.sort_unstable();
         for name in expired {
-            self.live.remove(&name, &mut self.members);
+            self.members.set_not_live(&name);
             self.members.remove(&name);
             self.entries.remove(&name);
             self.digest.forget(&name);
@@ -1697,7 +1690,7 @@ impl<S: Store> Mesh<S> {
     /// once connected replaces the previous life's records wholesale. The cost follows churn
     /// among the sampled members, not N.
     fn persist_members(&mut self) {
-        if self.full_rewrite && self.live.len() == 0 {
+        if self.full_rewrite && self.members.live_len() == 0 {
             // Keep the previous life's members: they are the way back in.
             return;
         }
@@ -1723,11 +1716,11 @@ impl<S: Store> Mesh<S> {
         }
         let kept = self.persisted.len().saturating_sub(deleted.len());
         let free = self.config.members_persisted_max.saturating_sub(kept);
-        if free > 0 && self.live.len() > kept {
+        if free > 0 && self.members.live_len() > kept {
             let persisted = &self.persisted;
             for name in self
-                .live
-                .sample(&mut self.rng, free, |n| !persisted.contains(n))
+                .members
+                .sample_live(&mut self.rng, free, |n, _| !persisted.contains(n))
             {
                 if let Some(m) = self.members.get(&name) {
                     batch.put(Table::Members, name.as_str(), self.member_record(&name, m));
@@ -1855,7 +1848,7 @@ impl<S: Store> Mesh<S> {
         if self.left {
             return;
         }
-        if self.live.len() == 0 {
+        if self.members.live_len() == 0 {
             // Alone: a full push/pull with every seed, else with some last known members.
             let seeds: Vec<SocketAddr> = self
                 .seeds
@@ -1921,13 +1914,8 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let members = &self.members;
-        let partner = self
-            .live
-            .sample(&mut self.rng, 1, |name| {
-                members
-                    .get(name)
-                    .is_some_and(|m| m.state == MemberState::Alive)
-            })
+        let partner = members
+            .sample_live(&mut self.rng, 1, |_, m| m.state == MemberState::Alive)
             .pop()
             .and_then(|name| members.get(&name).map(|m| (name, m.addr)));
         if let Some((name, addr)) = partner {
@@ -2217,7 +2205,6 @@ fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
 mod broadcast;
 mod digest;
 mod members;
-mod roster;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! The member table: every member a node knows, dense in a vector and found by name through a
-//! hash table of positions.
+//! hash table of positions, with the roster of live members as positions too.
 //!
 //! Each node of a simulated mesh of N nodes holds N member entries, so the table's cost per
 //! entry decides how large a mesh the simulator can hold, and its lookup is the commonest step
@@ -7,15 +7,24 @@
 //! (four bytes, hashed through the entry's name), so a member costs its entry and a few bytes;
 //! a lookup hashes the name once and compares it once.
 //!
+//! The roster makes random choices among live members (gossip targets, indirect probers, sync
+//! partners) cost O(k) instead of a scan of the table: the simulator runs thousands of cores,
+//! each choosing several times per second.
+//!
 //! Nothing depends on the table's order: whoever needs name order sorts what it takes.
 
 use std::hash::BuildHasher;
 
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use super::MemberEntry;
 use crate::NodeName;
+
+/// The `live_at` of a member that is not in the roster.
+pub(super) const NOT_LIVE: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub(super) struct Members {
@@ -23,6 +32,10 @@ pub(super) struct Members {
     /// Positions in `entries`, hashed by name.
     positions: HashTable<u32>,
     hasher: FixedState,
+    /// The roster: positions of the live members, in an order that depends only on the history
+    /// of inserts and removes, so it is deterministic. Each live member's place in it is its
+    /// entry's `live_at`.
+    live: Vec<u32>,
 }
 
 impl Members {
@@ -34,6 +47,7 @@ impl Members {
             entries: Vec::new(),
             positions: HashTable::new(),
             hasher: FixedState::with_seed(seed),
+            live: Vec::new(),
         }
     }
 
@@ -72,25 +86,109 @@ impl Members {
             .insert_unique(hash, at, |&p| hasher.hash_one(&entries[p as usize].0));
     }
 
-    /// Removes `name`; the last entry takes its place.
+    /// Removes `name`, from the roster too; the last entry takes its place.
     pub(super) fn remove(&mut self, name: &NodeName) -> Option<MemberEntry> {
+        self.set_not_live(name);
         let hash = self.hasher.hash_one(name);
         let entries = &self.entries;
         let found = self
             .positions
             .find_entry(hash, |&p| entries[p as usize].0 == *name)
             .ok()?;
-        let at = *found.get() as usize;
+        let at = *found.get();
         found.remove();
-        let (_, entry) = self.entries.swap_remove(at);
-        if let Some((moved, _)) = self.entries.get(at) {
+        let (_, entry) = self.entries.swap_remove(at as usize);
+        if let Some((moved, moved_entry)) = self.entries.get(at as usize) {
             let old = self.entries.len() as u32;
             let hash = self.hasher.hash_one(moved);
             if let Some(p) = self.positions.find_mut(hash, |&p| p == old) {
-                *p = at as u32;
+                *p = at;
+            }
+            if let Some(slot) = self.live.get_mut(moved_entry.live_at as usize) {
+                *slot = at;
             }
         }
         Some(entry)
+    }
+
+    /// Adds `name`, which must be in the table, to the roster unless it is already in.
+    pub(super) fn set_live(&mut self, name: &NodeName) {
+        let Some(at) = self.position(name) else {
+            return;
+        };
+        // The table never exceeds `members_max`, which validation keeps below NOT_LIVE.
+        let member = &mut self.entries[at].1;
+        if member.live_at == NOT_LIVE
+            && let Ok(place) = u32::try_from(self.live.len())
+        {
+            member.live_at = place;
+            self.live.push(at as u32);
+        }
+    }
+
+    /// Takes `name` out of the roster, if it is in.
+    pub(super) fn set_not_live(&mut self, name: &NodeName) {
+        let Some(at) = self.position(name) else {
+            return;
+        };
+        let place = std::mem::replace(&mut self.entries[at].1.live_at, NOT_LIVE);
+        if place == NOT_LIVE {
+            return;
+        }
+        let place = place as usize;
+        self.live.swap_remove(place);
+        if let Some(&moved) = self.live.get(place) {
+            self.entries[moved as usize].1.live_at = place as u32;
+        }
+    }
+
+    /// Members in the roster.
+    pub(super) fn live_len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The names in the roster, in its order.
+    pub(super) fn live_names(&self) -> impl Iterator<Item = &NodeName> {
+        self.live.iter().map(|&at| &self.entries[at as usize].0)
+    }
+
+    /// Up to `k` distinct live members accepted by `keep`, chosen uniformly at random.
+    pub(super) fn sample_live(
+        &self,
+        rng: &mut ChaCha8Rng,
+        k: usize,
+        keep: impl Fn(&NodeName, &MemberEntry) -> bool,
+    ) -> Vec<NodeName> {
+        if k == 0 || self.live.is_empty() {
+            return Vec::new();
+        }
+        let accept = |at: u32| {
+            let (name, entry) = &self.entries[at as usize];
+            keep(name, entry)
+        };
+        if self.live.len() > 4 * k + 8 {
+            // Rejection sampling: cheap while most members are acceptable, which is the norm.
+            let mut out: Vec<u32> = Vec::with_capacity(k);
+            for _ in 0..8 * k + 16 {
+                let candidate = self.live[rng.random_range(0..self.live.len())];
+                if accept(candidate) && !out.contains(&candidate) {
+                    out.push(candidate);
+                    if out.len() == k {
+                        return self.names_at(out);
+                    }
+                }
+            }
+        }
+        // Few members, or too many rejected: choose exactly among the acceptable ones.
+        let acceptable = self.live.iter().copied().filter(|&at| accept(at)).collect();
+        self.names_at(super::sample(rng, acceptable, k))
+    }
+
+    fn names_at(&self, positions: Vec<u32>) -> Vec<NodeName> {
+        positions
+            .into_iter()
+            .map(|at| self.entries[at as usize].0.clone())
+            .collect()
     }
 
     /// Every member, in no particular order.
@@ -115,6 +213,8 @@ impl Members {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+
     use super::*;
     use crate::Time;
 
@@ -160,5 +260,70 @@ mod tests {
             .map(|(n, e)| (n.clone(), e.incarnation))
             .collect();
         assert_eq!(sorted, model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// A member table of `n` members, none of them in the roster yet.
+    fn table(n: u64) -> Members {
+        let mut table = Members::new(1);
+        for i in 0..n {
+            table.insert(name(i), entry(1));
+        }
+        table
+    }
+
+    /// Every member in the roster points at its place, the roster points back at it, and no
+    /// other entry claims a place.
+    fn assert_roster_consistent(table: &Members) {
+        for (place, &at) in table.live.iter().enumerate() {
+            assert_eq!(table.entries[at as usize].1.live_at as usize, place);
+        }
+        let claimed = table.iter().filter(|(_, m)| m.live_at != NOT_LIVE).count();
+        assert_eq!(claimed, table.live_len());
+    }
+
+    #[test]
+    fn samples_are_distinct_acceptable_and_bounded() {
+        // Whatever the size, a sample holds at most k distinct members that pass the filter.
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for n in [0, 3, 10, 200] {
+            let mut table = table(n);
+            (0..n).for_each(|i| table.set_live(&name(i)));
+            let odd =
+                |x: &NodeName, _: &MemberEntry| x.as_str().ends_with(['1', '3', '5', '7', '9']);
+            let chosen = table.sample_live(&mut rng, 3, odd);
+            assert_eq!(chosen.len(), 3.min(n as usize / 2), "n={n}");
+            assert!(chosen.iter().all(|x| odd(x, &entry(1))));
+            let unique: std::collections::BTreeSet<_> = chosen.iter().collect();
+            assert_eq!(unique.len(), chosen.len());
+        }
+    }
+
+    #[test]
+    fn the_roster_stays_consistent_through_swap_removes_in_both_lists() {
+        // Swap-removes move the last member of the roster, and of the table; the places and
+        // positions that point at them must follow.
+        let mut table = table(8);
+        (0..7).for_each(|i| table.set_live(&name(i)));
+        assert_roster_consistent(&table);
+        table.set_not_live(&name(1));
+        table.set_not_live(&name(1));
+        table.set_live(&name(0));
+        assert_eq!(table.live_len(), 6);
+        assert_roster_consistent(&table);
+        // n1 is not live and n7, moved into its position, is not either; n2 is live, and n6,
+        // moved into its position, is too.
+        table.remove(&name(1));
+        table.remove(&name(2));
+        assert_roster_consistent(&table);
+        table.remove(&name(7));
+        table.set_live(&name(7));
+        assert_roster_consistent(&table);
+        let mut live: Vec<_> = table.live_names().cloned().collect();
+        live.sort();
+        assert_eq!(live, vec![name(0), name(3), name(4), name(5), name(6)]);
+        assert_eq!(
+            table.get(&name(6)).map(|m| m.live_at != NOT_LIVE),
+            Some(true)
+        );
     }
 }
