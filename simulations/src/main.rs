@@ -53,6 +53,10 @@ struct RunArgs {
     /// does not ask for it.
     #[arg(long)]
     foca: bool,
+    /// Do not run foca, even if the scenario asks for it: at 10,000 nodes foca alone takes
+    /// hours, its member lookups being linear.
+    #[arg(long, conflicts_with = "foca")]
+    no_foca: bool,
     /// Run each seed twice and fail unless both runs are identical (wall-clock fields aside).
     #[arg(long)]
     check_determinism: bool,
@@ -115,6 +119,11 @@ fn replay_command(args: &RunArgs, seed: u64) -> String {
     cmd
 }
 
+/// Whether foca runs alongside: the flags decide over the scenario.
+fn wants_foca(args: &RunArgs, scenario: &Scenario) -> bool {
+    !args.no_foca && (args.foca || scenario.compare_foca)
+}
+
 /// Runs one seed (twice with `--check-determinism`), with foca alongside when asked.
 fn run_seed(scenario: &Scenario, args: &RunArgs, seed: u64) -> anyhow::Result<Report> {
     let mut report = Sim::new(scenario.clone(), seed)?.run()?;
@@ -127,7 +136,7 @@ fn run_seed(scenario: &Scenario, args: &RunArgs, seed: u64) -> anyhow::Result<Re
             ));
         }
     }
-    if args.foca || scenario.compare_foca {
+    if wants_foca(args, scenario) {
         let started = Instant::now();
         let foca = podmesh_sim::foca_sim::run(scenario, seed)?;
         report.foca = Some(FocaSummary {
@@ -352,5 +361,32 @@ mod tests {
         assert!(parse_seeds("x..4").is_err());
         assert!(parse_seeds("7").is_err());
         assert!(parse_seeds("0..100000").is_err());
+    }
+
+    #[test]
+    fn the_foca_flags_decide_over_the_scenario_and_exclude_each_other() {
+        let run = |flags: &[&str]| {
+            let argv = ["podmesh-sim", "run", "s.toml"].iter().chain(flags);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Cmd::Run(args)) => Ok(args),
+                Ok(other) => panic!("parsed as {other:?}"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        let scenario = |foca: bool| {
+            Scenario::parse(&format!(
+                "name = \"s\"\nnodes = 10\nsafety_s = 10\ncompare_foca = {foca}\n"
+            ))
+            .unwrap()
+        };
+        let (asks, silent) = (scenario(true), scenario(false));
+        assert!(wants_foca(&run(&[]).unwrap(), &asks));
+        assert!(!wants_foca(&run(&[]).unwrap(), &silent));
+        assert!(wants_foca(&run(&["--foca"]).unwrap(), &silent));
+        assert!(!wants_foca(&run(&["--no-foca"]).unwrap(), &asks));
+        assert_eq!(
+            run(&["--foca", "--no-foca"]).unwrap_err(),
+            clap::error::ErrorKind::ArgumentConflict
+        );
     }
 }
