@@ -69,21 +69,22 @@ impl Members {
         self.position(name).is_some()
     }
 
-    /// Adds `name`, or replaces its entry. Callers keep the table within `members_max`, which
-    /// validation keeps below `u32::MAX`.
-    pub(super) fn insert(&mut self, name: NodeName, entry: MemberEntry) {
-        if let Some(at) = self.position(&name) {
-            self.entries[at].1 = entry;
-            return;
+    /// Adds `name` unless it is in the table already, and says whether it did: an entry is
+    /// changed in place, never replaced, so its roster place and digest share stay its own.
+    /// Callers keep the table within `members_max`, which validation keeps below `u32::MAX`.
+    pub(super) fn insert(&mut self, name: NodeName, entry: MemberEntry) -> bool {
+        if self.position(&name).is_some() {
+            return false;
         }
         let Ok(at) = u32::try_from(self.entries.len()) else {
-            return;
+            return false;
         };
         let hash = self.hasher.hash_one(&name);
         self.entries.push((name, entry));
         let (entries, hasher) = (&self.entries, &self.hasher);
         self.positions
             .insert_unique(hash, at, |&p| hasher.hash_one(&entries[p as usize].0));
+        true
     }
 
     /// Removes `name`, from the roster too; the last entry takes its place.
@@ -244,7 +245,11 @@ mod tests {
                     "step {step}"
                 );
             } else {
-                table.insert(n.clone(), entry(step));
+                let added = table.insert(n.clone(), entry(step));
+                assert_eq!(added, !model.contains_key(&n), "step {step}");
+                if let Some(m) = table.get_mut(&n) {
+                    m.incarnation = step;
+                }
                 model.insert(n, step);
             }
             assert_eq!(table.len(), model.len());
