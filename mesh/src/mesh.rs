@@ -328,6 +328,16 @@ impl MemberEntry {
             digested: 0,
         }
     }
+
+    /// The record that carries this member as `name` in push/pull, anti-entropy and the store.
+    fn record(&self, name: &NodeName) -> MemberRecord {
+        MemberRecord {
+            name: name.clone(),
+            addr: self.addr,
+            incarnation: self.incarnation,
+            state: self.state,
+        }
+    }
 }
 
 /// A running Lifeguard suspicion.
@@ -399,7 +409,6 @@ pub struct Mesh<S> {
     rng: ChaCha8Rng,
     /// Every other member, tombstones included.
     members: Members,
-    /// The alive and suspect members of `members`.
     /// Members declared dead recently, still gossiped to (pruned by `gossip_to_dead`).
     recently_dead: Vec<NodeName>,
     /// Replicated state per owner that has any, this node included.
@@ -1660,7 +1669,6 @@ impl<S: Store> Mesh<S> {
         };
         expired.sort_unstable();
         for name in expired {
-            self.members.set_not_live(&name);
             self.members.remove(&name);
             self.entries.remove(&name);
             self.digest.forget(&name);
@@ -1705,7 +1713,11 @@ impl<S: Store> Mesh<S> {
         for name in &self.dirty {
             match self.members.get(name).filter(|m| m.state.is_live()) {
                 Some(m) => {
-                    batch.put(Table::Members, name.as_str(), self.member_record(name, m));
+                    batch.put(
+                        Table::Members,
+                        name.as_str(),
+                        codec::encode_member(&m.record(name)),
+                    );
                     written.push(name.clone());
                 }
                 None => {
@@ -1723,7 +1735,11 @@ impl<S: Store> Mesh<S> {
                 .sample_live(&mut self.rng, free, |n, _| !persisted.contains(n))
             {
                 if let Some(m) = self.members.get(&name) {
-                    batch.put(Table::Members, name.as_str(), self.member_record(&name, m));
+                    batch.put(
+                        Table::Members,
+                        name.as_str(),
+                        codec::encode_member(&m.record(&name)),
+                    );
                     written.push(name);
                 }
             }
@@ -1746,16 +1762,6 @@ impl<S: Store> Mesh<S> {
             // Stays dirty, so the next tick retries; the refill is drawn again.
             Err(_) => self.counters.store_write_failures += 1,
         }
-    }
-
-    /// The stored form of member `name`.
-    fn member_record(&self, name: &NodeName, m: &MemberEntry) -> Vec<u8> {
-        codec::encode_member(&MemberRecord {
-            name: name.clone(),
-            addr: m.addr,
-            incarnation: m.incarnation,
-            state: m.state,
-        })
     }
 
     // ----- stream messages: join push/pull and anti-entropy -----
@@ -1786,15 +1792,8 @@ impl<S: Store> Mesh<S> {
         let mut budget = self.config.message_size_max - MESSAGE_OVERHEAD;
         let mut truncated = false;
         let mut members = Vec::new();
-        let records =
-            std::iter::once(self.my_record()).chain(self.members.sorted().into_iter().map(
-                |(n, m)| MemberRecord {
-                    name: n.clone(),
-                    addr: m.addr,
-                    incarnation: m.incarnation,
-                    state: m.state,
-                },
-            ));
+        let records = std::iter::once(self.my_record())
+            .chain(self.members.sorted().into_iter().map(|(n, m)| m.record(n)));
         for record in records {
             let size = codec::body_size(&record);
             if size > budget {
@@ -2006,14 +2005,8 @@ impl<S: Store> Mesh<S> {
             .filter(|(n, _)| wanted_set.contains(&self.bucket_of(n)))
             .collect();
         chosen.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let all = std::iter::once(self.my_record()).chain(chosen.into_iter().map(|(n, m)| {
-            MemberRecord {
-                name: n.clone(),
-                addr: m.addr,
-                incarnation: m.incarnation,
-                state: m.state,
-            }
-        }));
+        let all =
+            std::iter::once(self.my_record()).chain(chosen.into_iter().map(|(n, m)| m.record(n)));
         for record in all {
             let bucket = self.bucket_of(&record.name);
             if !wanted_set.contains(&bucket) {

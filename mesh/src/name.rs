@@ -25,10 +25,11 @@ const INTERNER_PRUNE_MIN: usize = 1024;
 /// authenticated. Deserializing validates too, so a name decoded from the wire is as good as one
 /// parsed from a flag.
 ///
-/// The text is shared: a node keeps a member's name in several indexes (membership, probe order,
-/// roster, digest), and a clone costs a reference count, not an allocation. Names are interned
-/// per thread as well, so the copies decoded from every frame that mentions a member share one
-/// allocation: a simulator holding thousands of nodes keeps one text per name, not one per node.
+/// The text is shared: a node keeps a member's name in several places (member table, probe
+/// order, digest, piggybacked updates), and a clone costs a reference count, not an
+/// allocation. Names are interned per thread as well, so the copies decoded from every frame
+/// that mentions a member share one allocation: a simulator holding thousands of nodes keeps
+/// one text per name, not one per node.
 #[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct NodeName(Arc<str>);
