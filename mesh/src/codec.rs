@@ -12,10 +12,39 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
-use crate::mesh::MemberState;
 
 /// The protocol version byte that opens every frame. Bump it on any incompatible change.
 pub const PROTOCOL_VERSION: u8 = 1;
+
+/// A member's state as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; will be declared dead unless it refutes in time.
+    Suspect,
+    /// Declared dead by the failure detector.
+    Dead,
+    /// Left gracefully.
+    Left,
+}
+
+impl MemberState {
+    /// Alive or suspect: still part of the mesh, probed and gossiped to.
+    pub fn is_live(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+
+    /// Precedence at equal incarnation: left beats dead beats suspect beats alive.
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            MemberState::Alive => 0,
+            MemberState::Suspect => 1,
+            MemberState::Dead => 2,
+            MemberState::Left => 3,
+        }
+    }
+}
 
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -95,12 +95,10 @@ mod pod;
 mod store;
 mod time;
 
-pub use codec::{DecodeError, PROTOCOL_VERSION};
+pub use codec::{DecodeError, MemberState, PROTOCOL_VERSION};
 pub use config::Config;
 pub use error::Error;
-pub use mesh::{
-    Command, Counters, Event, Input, Member, MemberState, Mesh, Output, StateEntry, Target,
-};
+pub use mesh::{Command, Counters, Event, Input, Member, Mesh, Output, StateEntry, Target};
 pub use name::{NODE_NAME_LEN_MAX, NodeName};
 pub use peers::{
     ErrorCode, InboxEntry, LocalOp, LocalReply, PeerError, PeerOp, PeerRequest, PeerResponse,

@@ -14,17 +14,59 @@
 //! Nothing depends on the table's order: whoever needs name order sorts what it takes.
 
 use std::hash::BuildHasher;
+use std::net::SocketAddr;
 
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::MemberEntry;
-use crate::NodeName;
+use super::suspicion::Suspicion;
+use crate::codec::{MemberRecord, MemberState};
+use crate::{NodeName, Time};
 
 /// The `live_at` of a member that is not in the roster.
 pub(super) const NOT_LIVE: u32 = u32::MAX;
+
+/// What this node knows of one other member.
+#[derive(Debug, Clone)]
+pub(super) struct MemberEntry {
+    pub(super) addr: SocketAddr,
+    pub(super) incarnation: u64,
+    pub(super) state: MemberState,
+    pub(super) changed_at: Time,
+    /// Boxed: few members are suspected at a time, and every member view pays for the inline size.
+    pub(super) suspicion: Option<Box<Suspicion>>,
+    /// Position in the roster of live members, or [`NOT_LIVE`].
+    pub(super) live_at: u32,
+    /// What this member adds to its digest bucket (0 while it is not live).
+    pub(super) digested: u64,
+}
+
+impl MemberEntry {
+    /// A member just heard of: alive, in no roster yet, adding nothing to the digest yet.
+    pub(super) fn alive(addr: SocketAddr, incarnation: u64, now: Time) -> Self {
+        Self {
+            addr,
+            incarnation,
+            state: MemberState::Alive,
+            changed_at: now,
+            suspicion: None,
+            live_at: NOT_LIVE,
+            digested: 0,
+        }
+    }
+
+    /// The record that carries this member as `name` in push/pull, anti-entropy and the store.
+    pub(super) fn record(&self, name: &NodeName) -> MemberRecord {
+        MemberRecord {
+            name: name.clone(),
+            addr: self.addr,
+            incarnation: self.incarnation,
+            state: self.state,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct Members {

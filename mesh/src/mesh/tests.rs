@@ -7,7 +7,9 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::suspicion::suspicion_timeout;
 use super::*;
+use crate::codec::{Body, Datagram, MemberRecord, Message, StateRecord};
 use crate::{MemStore, PROTOCOL_VERSION};
 
 fn name(i: usize) -> NodeName {

@@ -1,0 +1,532 @@
+//! SWIM failure detection with the Lifeguard extensions (DESIGN section 3): the probe of each
+//! protocol period and its indirect probes, acks and nacks, local health (awareness), the
+//! rules that move a member between alive, suspect, dead and left, suspicion timeouts, and
+//! this node's refutation of news about itself.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::members::MemberEntry;
+use super::suspicion::Suspicion;
+use rand::Rng;
+
+use super::{INCARNATION_KEY, Mesh, Probing, Relay, Timer, shuffle};
+use crate::codec::{Datagram, MemberState, Probe, Update};
+use crate::store::{Store, Table, WriteBatch};
+use crate::time::micros;
+use crate::{Event, NodeName, Target, Time};
+
+impl<S: Store> Mesh<S> {
+    /// Scale of the probe interval and timeout under the current local health.
+    fn stretch(&self) -> u32 {
+        self.awareness + 1
+    }
+
+    fn awareness_add(&mut self, delta: u32) {
+        self.awareness = (self.awareness.saturating_add(delta)).min(self.config.awareness_max - 1);
+    }
+
+    pub(super) fn on_probe_tick(&mut self, now: Time) {
+        self.finish_probe(now);
+        if self.left {
+            return;
+        }
+        let stretch = self.stretch();
+        self.schedule(now + self.config.probe_interval * stretch, Timer::Probe);
+        let Some(target) = self.next_probe_target() else {
+            return;
+        };
+        let Some(member) = self.members.get(&target) else {
+            return;
+        };
+        let to = Target {
+            addr: member.addr,
+            name: Some(target.clone()),
+        };
+        // Lifeguard's buddy system: a suspect target learns of its suspicion from the probe
+        // itself, so it can refute even if gossip about it is slow.
+        let buddy = (member.state == MemberState::Suspect).then(|| Update::Suspect {
+            name: target.clone(),
+            incarnation: member.incarnation,
+            source: member
+                .suspicion
+                .as_ref()
+                .and_then(|s| s.suspecters.first().cloned())
+                .unwrap_or_else(|| self.me.clone()),
+        });
+        let seq = self.next_seq();
+        self.probe = Some(Probing {
+            seq,
+            target,
+            acked: false,
+            intermediaries: BTreeSet::new(),
+            nacks: BTreeSet::new(),
+        });
+        self.schedule(
+            now + self.config.probe_timeout * stretch,
+            Timer::ProbeTimeout { seq },
+        );
+        self.send_datagram(
+            to,
+            Probe::Ping {
+                seq,
+                addr: self.addr,
+            },
+            buddy,
+        );
+    }
+
+    /// Closes the previous protocol period: without an Ack, the target becomes suspect and the
+    /// missing Nacks count against our own health.
+    fn finish_probe(&mut self, now: Time) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        if probe.acked {
+            return;
+        }
+        let delta = if probe.intermediaries.is_empty() {
+            1
+        } else {
+            probe.intermediaries.len().saturating_sub(probe.nacks.len())
+        };
+        self.awareness_add(u32::try_from(delta).unwrap_or(u32::MAX));
+        self.counters.probes_failed += 1;
+        if let Some(member) = self.members.get(&probe.target)
+            && member.state.is_live()
+        {
+            let incarnation = member.incarnation;
+            self.on_suspect(probe.target, incarnation, self.me.clone(), now);
+        }
+    }
+
+    fn next_probe_target(&mut self) -> Option<NodeName> {
+        // Each pass visits every live member once, in a fresh random order.
+        for _ in 0..2 {
+            while self.probe_next < self.probe_order.len() {
+                let name = self.probe_order[self.probe_next].clone();
+                self.probe_next += 1;
+                if self.members.get(&name).is_some_and(|m| m.state.is_live()) {
+                    return Some(name);
+                }
+            }
+            let mut order: Vec<NodeName> = self.members.live_names().cloned().collect();
+            shuffle(&mut self.rng, &mut order);
+            self.probe_order = order;
+            self.probe_next = 0;
+        }
+        None
+    }
+
+    pub(super) fn on_probe_timeout(&mut self, seq: u32) {
+        let Some(probe) = &self.probe else { return };
+        if probe.seq != seq || probe.acked {
+            return;
+        }
+        let target = probe.target.clone();
+        let Some(target_addr) = self.members.get(&target).map(|m| m.addr) else {
+            return;
+        };
+        let members = &self.members;
+        let chosen: Vec<(NodeName, SocketAddr)> = members
+            .sample_live(&mut self.rng, self.config.indirect_checks, |name, m| {
+                *name != target && m.state == MemberState::Alive
+            })
+            .into_iter()
+            .filter_map(|name| members.get(&name).map(|m| (name, m.addr)))
+            .collect();
+        if let Some(probe) = &mut self.probe {
+            probe.intermediaries = chosen.iter().map(|(name, _)| name.clone()).collect();
+        }
+        for (name, addr) in chosen {
+            let ping_req = Probe::PingReq {
+                seq,
+                addr: self.addr,
+                target: target.clone(),
+                target_addr,
+            };
+            self.send_datagram(
+                Target {
+                    addr,
+                    name: Some(name),
+                },
+                ping_req,
+                None,
+            );
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    pub(super) fn on_datagram(&mut self, from: NodeName, datagram: Datagram, now: Time) {
+        for update in datagram.updates {
+            self.apply_update(update, now);
+        }
+        match datagram.probe {
+            Probe::Gossip => {}
+            Probe::Ping { seq, addr } => {
+                self.send_datagram(
+                    Target {
+                        addr,
+                        name: Some(from),
+                    },
+                    Probe::Ack { seq },
+                    None,
+                );
+            }
+            Probe::Ack { seq } => self.on_ack(from, seq),
+            Probe::PingReq {
+                seq,
+                addr,
+                target,
+                target_addr,
+            } => {
+                if target == self.me {
+                    self.send_datagram(
+                        Target {
+                            addr,
+                            name: Some(from),
+                        },
+                        Probe::Ack { seq },
+                        None,
+                    );
+                } else if self.relays.len() >= self.config.indirect_pending_max {
+                    self.counters.ping_reqs_dropped += 1;
+                } else {
+                    let relay_seq = self.next_seq();
+                    self.relays.insert(
+                        relay_seq,
+                        Relay {
+                            requester: from,
+                            addr,
+                            seq,
+                            target: target.clone(),
+                        },
+                    );
+                    // Nack before the requester's period ends, so the Nack proves our health in time.
+                    let nack_at = now + self.config.probe_timeout.mul_f64(0.8);
+                    self.schedule(nack_at, Timer::Relay { seq: relay_seq });
+                    let ping = Probe::Ping {
+                        seq: relay_seq,
+                        addr: self.addr,
+                    };
+                    self.send_datagram(
+                        Target {
+                            addr: target_addr,
+                            name: Some(target),
+                        },
+                        ping,
+                        None,
+                    );
+                }
+            }
+            Probe::Nack { seq } => {
+                if let Some(probe) = &mut self.probe
+                    && probe.seq == seq
+                    && probe.intermediaries.contains(&from)
+                {
+                    probe.nacks.insert(from);
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, from: NodeName, seq: u32) {
+        if let Some(probe) = &mut self.probe
+            && probe.seq == seq
+            && !probe.acked
+            && (probe.target == from || probe.intermediaries.contains(&from))
+        {
+            probe.acked = true;
+            self.awareness = self.awareness.saturating_sub(1);
+            return;
+        }
+        if self.relays.get(&seq).is_some_and(|r| r.target == from)
+            && let Some(relay) = self.relays.remove(&seq)
+        {
+            let to = Target {
+                addr: relay.addr,
+                name: Some(relay.requester),
+            };
+            self.send_datagram(to, Probe::Ack { seq: relay.seq }, None);
+        }
+    }
+
+    fn add_to_probe_order(&mut self, name: NodeName) {
+        // A random slot among the members not yet probed this round, as SWIM's round-robin
+        // with random insertion prescribes.
+        let start = self.probe_next.min(self.probe_order.len());
+        let at = self.rng.random_range(start..=self.probe_order.len());
+        self.probe_order.insert(at, name);
+    }
+
+    fn suspicion_bounds(&self) -> (Duration, Duration, u32) {
+        let n = self.live_count();
+        let scale = (n as f64).log10().max(1.0);
+        let min_micros = f64::from(self.config.suspicion_mult)
+            * scale
+            * micros(self.config.probe_interval) as f64;
+        let min = Duration::from_micros(min_micros as u64);
+        let max = min * self.config.suspicion_max_mult;
+        // Only members other than the suspect and the first suspecter can confirm.
+        let k = self.config.indirect_checks.min(n.saturating_sub(2));
+        (min, max, u32::try_from(k).unwrap_or(u32::MAX))
+    }
+
+    pub(super) fn on_alive(
+        &mut self,
+        name: NodeName,
+        addr: SocketAddr,
+        incarnation: u64,
+        now: Time,
+    ) {
+        if name == self.me {
+            if incarnation > self.incarnation && !self.left {
+                self.refute(incarnation, now);
+            }
+            return;
+        }
+        match self.members.get_mut(&name) {
+            None => {
+                if self.members.len() >= self.config.members_max {
+                    self.counters.members_dropped += 1;
+                    return;
+                }
+                self.members
+                    .insert(name.clone(), MemberEntry::alive(addr, incarnation, now));
+                self.members.set_live(&name);
+                self.add_to_probe_order(name.clone());
+            }
+            Some(member) => {
+                if incarnation <= member.incarnation {
+                    return;
+                }
+                let was = member.state;
+                member.incarnation = incarnation;
+                member.addr = addr;
+                member.state = MemberState::Alive;
+                member.suspicion = None;
+                if was == MemberState::Alive {
+                    self.refresh_digest(&name);
+                    self.mark_dirty(&name);
+                    self.enqueue(Update::Alive {
+                        name,
+                        addr,
+                        incarnation,
+                    });
+                    return;
+                }
+                member.changed_at = now;
+                if !was.is_live() {
+                    self.members.set_live(&name);
+                    self.add_to_probe_order(name.clone());
+                }
+            }
+        }
+        self.mark_dirty(&name);
+        self.refresh_digest(&name);
+        self.emit(Event::MemberAlive {
+            node: name.clone(),
+            addr,
+            incarnation,
+        });
+        self.enqueue(Update::Alive {
+            name,
+            addr,
+            incarnation,
+        });
+    }
+
+    pub(super) fn on_suspect(
+        &mut self,
+        name: NodeName,
+        incarnation: u64,
+        source: NodeName,
+        now: Time,
+    ) {
+        if name == self.me {
+            if !self.left && incarnation >= self.incarnation {
+                // Being suspected hints that we are the slow one: Lifeguard raises awareness.
+                self.awareness_add(1);
+                self.refute(incarnation, now);
+            }
+            return;
+        }
+        let (min, max, k) = self.suspicion_bounds();
+        let token = self.next_token;
+        let Some(member) = self.members.get_mut(&name) else {
+            return;
+        };
+        if incarnation < member.incarnation || !member.state.is_live() {
+            return;
+        }
+        if member.state == MemberState::Suspect && incarnation == member.incarnation {
+            // A confirmation: counts only if independent and while it can still shrink the timeout.
+            let Some(suspicion) = &mut member.suspicion else {
+                return;
+            };
+            if suspicion.confirmations() >= suspicion.k
+                || !suspicion.suspecters.insert(source.clone())
+            {
+                return;
+            }
+            suspicion.token = token;
+            let deadline = suspicion.deadline();
+            self.next_token += 1;
+            self.schedule(
+                deadline.max(now),
+                Timer::Suspicion {
+                    node: name.clone(),
+                    token,
+                },
+            );
+            self.enqueue(Update::Suspect {
+                name,
+                incarnation,
+                source,
+            });
+            return;
+        }
+        let suspicion = Suspicion {
+            started: now,
+            suspecters: BTreeSet::from([source.clone()]),
+            k,
+            min,
+            max,
+            token,
+        };
+        let deadline = suspicion.deadline();
+        member.incarnation = incarnation;
+        member.state = MemberState::Suspect;
+        member.changed_at = now;
+        member.suspicion = Some(Box::new(suspicion));
+        self.next_token += 1;
+        self.refresh_digest(&name);
+        self.schedule(
+            deadline,
+            Timer::Suspicion {
+                node: name.clone(),
+                token,
+            },
+        );
+        self.urgent = true;
+        self.emit(Event::MemberSuspect {
+            node: name.clone(),
+            incarnation,
+        });
+        self.enqueue(Update::Suspect {
+            name,
+            incarnation,
+            source,
+        });
+    }
+
+    pub(super) fn on_suspicion_timeout(&mut self, name: NodeName, token: u64, now: Time) {
+        let Some(member) = self.members.get(&name) else {
+            return;
+        };
+        let current = member.suspicion.as_ref().is_some_and(|s| s.token == token);
+        if member.state != MemberState::Suspect || !current {
+            return;
+        }
+        let incarnation = member.incarnation;
+        self.counters.deaths_declared += 1;
+        self.on_dead(name, incarnation, self.me.clone(), now);
+    }
+
+    pub(super) fn on_dead(
+        &mut self,
+        name: NodeName,
+        incarnation: u64,
+        source: NodeName,
+        now: Time,
+    ) {
+        if name == self.me {
+            if !self.left && incarnation >= self.incarnation {
+                self.refute(incarnation, now);
+            }
+            return;
+        }
+        let Some(member) = self.members.get_mut(&name) else {
+            return;
+        };
+        if incarnation < member.incarnation || !member.state.is_live() {
+            return;
+        }
+        member.incarnation = incarnation;
+        member.state = MemberState::Dead;
+        member.changed_at = now;
+        member.suspicion = None;
+        self.members.set_not_live(&name);
+        self.recently_dead.push(name.clone());
+        self.mark_dirty(&name);
+        self.refresh_digest(&name);
+        self.urgent = true;
+        self.emit(Event::MemberDead {
+            node: name.clone(),
+            incarnation,
+        });
+        self.enqueue(Update::Dead {
+            name,
+            incarnation,
+            source,
+        });
+    }
+
+    pub(super) fn on_left(&mut self, name: NodeName, incarnation: u64, now: Time) {
+        if name == self.me {
+            // A leave from a previous life must not stick to this one.
+            if !self.left && incarnation >= self.incarnation {
+                self.refute(incarnation, now);
+            }
+            return;
+        }
+        let Some(member) = self.members.get_mut(&name) else {
+            return;
+        };
+        if incarnation < member.incarnation || member.state == MemberState::Left {
+            return;
+        }
+        member.incarnation = incarnation;
+        member.state = MemberState::Left;
+        member.changed_at = now;
+        member.suspicion = None;
+        self.members.set_not_live(&name);
+        self.mark_dirty(&name);
+        self.refresh_digest(&name);
+        self.urgent = true;
+        self.emit(Event::MemberLeft {
+            node: name.clone(),
+            incarnation,
+        });
+        self.enqueue(Update::Left { name, incarnation });
+    }
+
+    /// Claims a higher incarnation than anything said about us, and persists it so a restart
+    /// starts above it.
+    fn refute(&mut self, seen: u64, now: Time) {
+        self.incarnation = self.incarnation.max(seen).saturating_add(1);
+        self.changed_at = now;
+        self.urgent = true;
+        self.counters.refutations += 1;
+        let me = self.me.clone();
+        self.refresh_digest(&me);
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Meta, INCARNATION_KEY, self.incarnation.to_be_bytes());
+        if self.store.write(batch).is_err() {
+            // Not fatal: the next start still bumps past the stored value, and if that is lower
+            // than what others saw, their news about us makes us refute again.
+            self.counters.store_write_failures += 1;
+        }
+        let update = Update::Alive {
+            name: self.me.clone(),
+            addr: self.addr,
+            incarnation: self.incarnation,
+        };
+        self.enqueue(update);
+    }
+}

@@ -1,0 +1,153 @@
+//! Owner-versioned replicated state (DESIGN section 4): this node's own writes, the bounds they
+//! must keep, and the rule for received records: keep the highest `(generation, version)`, and
+//! never let a record about this node's own keys override what it wrote.
+
+use super::Entry;
+use super::Mesh;
+use super::digest::entry_hash;
+use crate::codec::StateRecord;
+use crate::store::Store;
+use crate::{Error, Event, NodeName, Time};
+
+impl<S: Store> Mesh<S> {
+    pub(super) fn check_local_write(&self, key: &str) -> Result<(), Error> {
+        if self.left {
+            return Err(Error::Left);
+        }
+        let max = self.config.state_key_size_max;
+        if key.is_empty() || key.len() > max {
+            return Err(Error::StateKey {
+                len: key.len(),
+                max,
+            });
+        }
+        let map = self.entries.get(&self.me);
+        let full = map.is_some_and(|m| m.len() >= self.config.state_keys_max);
+        if full && !map.is_some_and(|m| m.contains_key(key)) {
+            return Err(Error::StateFull {
+                max: self.config.state_keys_max,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn write_own(&mut self, key: String, value: Option<Vec<u8>>, now: Time) {
+        self.state_version += 1;
+        let record = StateRecord {
+            owner: self.me.clone(),
+            key: key.clone(),
+            generation: self.generation,
+            version: self.state_version,
+            value: value.clone(),
+        };
+        let entry = Entry {
+            generation: self.generation,
+            version: self.state_version,
+            value,
+            changed_at: now,
+        };
+        let me = self.me.clone();
+        self.set_entry(&me, &key, entry);
+        self.enqueue_state(record);
+        self.emit(Event::StateChanged {
+            node: self.me.clone(),
+            key,
+        });
+    }
+
+    fn record_in_bounds(&self, record: &StateRecord) -> bool {
+        !record.key.is_empty()
+            && record.key.len() <= self.config.state_key_size_max
+            && record
+                .value
+                .as_ref()
+                .is_none_or(|v| v.len() <= self.config.state_value_size_max)
+    }
+
+    pub(super) fn on_state(&mut self, record: StateRecord, now: Time) {
+        if !self.record_in_bounds(&record) {
+            self.counters.bad_records += 1;
+            return;
+        }
+        if record.owner == self.me {
+            self.on_own_record(record, now);
+            return;
+        }
+        if !self.members.contains_key(&record.owner) {
+            // Membership news comes first (and in the same anti-entropy bucket), so an entry of
+            // an unknown owner is either early or about a collected member: safe to skip.
+            return;
+        }
+        let keys_max = self.config.state_keys_max;
+        let map = self.entries.entry(record.owner.clone()).or_default();
+        match map.get(&record.key) {
+            Some(e) if (e.generation, e.version) >= (record.generation, record.version) => return,
+            None if record.value.is_none() => return,
+            None if map.len() >= keys_max => {
+                self.counters.state_dropped += 1;
+                return;
+            }
+            _ => {}
+        }
+        let entry = Entry {
+            generation: record.generation,
+            version: record.version,
+            value: record.value.clone(),
+            changed_at: now,
+        };
+        self.set_entry(&record.owner, &record.key, entry);
+        self.emit(Event::StateChanged {
+            node: record.owner.clone(),
+            key: record.key.clone(),
+        });
+        self.enqueue_state(record);
+    }
+
+    /// Someone holds an entry of ours that this life did not write (a previous life's key that
+    /// was not written again): the owner buries it with a newer tombstone.
+    fn on_own_record(&mut self, record: StateRecord, now: Time) {
+        let map = self.entries.entry(self.me.clone()).or_default();
+        let known = map.get(&record.key);
+        if known.is_some_and(|e| (e.generation, e.version) >= (record.generation, record.version)) {
+            return;
+        }
+        if known.is_none() && (record.value.is_none() || map.len() >= self.config.state_keys_max) {
+            return;
+        }
+        if record.generation == self.generation {
+            self.state_version = self.state_version.max(record.version);
+        }
+        self.write_own(record.key, None, now);
+    }
+
+    /// Stores an entry and keeps the digest in step.
+    fn set_entry(&mut self, owner: &NodeName, key: &str, entry: Entry) {
+        let new = entry_hash(
+            owner,
+            key,
+            entry.generation,
+            entry.version,
+            entry.value.is_some(),
+        );
+        let old = self
+            .entries
+            .entry(owner.clone())
+            .or_default()
+            .insert(key.to_owned(), entry)
+            .map_or(0, |e| {
+                entry_hash(owner, key, e.generation, e.version, e.value.is_some())
+            });
+        self.digest.entry_changed(owner, old, new);
+        self.refresh_digest(owner);
+    }
+}
+
+pub(super) fn state_record(owner: &NodeName, key: &str, e: &Entry) -> StateRecord {
+    StateRecord {
+        owner: owner.clone(),
+        key: key.to_owned(),
+        generation: e.generation,
+        version: e.version,
+        value: e.value.clone(),
+    }
+}
