@@ -35,6 +35,16 @@ impl MemberState {
         matches!(self, MemberState::Alive | MemberState::Suspect)
     }
 
+    /// The state as the CLI, the local API and logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+
     /// Precedence at equal incarnation: left beats dead beats suspect beats alive.
     pub(crate) fn rank(self) -> u8 {
         match self {

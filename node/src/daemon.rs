@@ -875,7 +875,7 @@ impl Actor {
         json!({
             "name": member.name.as_str(),
             "address": member.addr.to_string(),
-            "state": state_name(member.state),
+            "state": member.state.as_str(),
             "incarnation": member.incarnation,
             "changed_at_ms": self.clock.unix_ms(member.changed_at),
             "local": member.name == *self.mesh.name(),
@@ -985,16 +985,6 @@ fn destination(target: Target) -> Option<Destination> {
         addr: target.addr,
         name,
     })
-}
-
-/// The member state as the CLI and the local API spell it.
-pub fn state_name(state: MemberState) -> &'static str {
-    match state {
-        MemberState::Alive => "alive",
-        MemberState::Suspect => "suspect",
-        MemberState::Dead => "dead",
-        MemberState::Left => "left",
-    }
 }
 
 fn log_event(event: &Event) {

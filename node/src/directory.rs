@@ -120,7 +120,7 @@ pub fn entry_json(addr: &PodAddr, reason: Option<Reason>, entry: Option<&Directo
         "node": addr.node.as_str(),
         "status": entry.map_or("unknown", |e| e.record.status.as_str()),
         "live": entry.is_some_and(DirectoryEntry::live),
-        "node_state": entry.map_or("unknown", |e| crate::daemon::state_name(e.node_state)),
+        "node_state": entry.map_or("unknown", |e| e.node_state.as_str()),
         "updated_at_ms": entry.map(|e| e.updated_at_ms),
     });
     if let Some(reason) = reason {
