@@ -36,9 +36,14 @@ fn every_node_restarted_in_turn_keeps_every_relation_and_message() {
             json!({ "name": pod(node) }),
         );
     }
+    // Every sender must see its target's record before it sends: gossip reaches nodes one by
+    // one, so wait for every directory, not only the seed's.
     let known = wait_for(SETTLE_MAX, || {
-        let dir = cluster.api("n1", "directory", json!({})).ok()?.ok()?;
-        (dir["pods"].as_array()?.len() == NODES.len()).then_some(())
+        for node in NODES {
+            let dir = cluster.api(node, "directory", json!({})).ok()?.ok()?;
+            (dir["pods"].as_array()?.len() == NODES.len()).then_some(())?;
+        }
+        Some(())
     });
     assert!(known.is_some());
     for (i, node) in NODES.iter().enumerate() {
