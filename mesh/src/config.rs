@@ -68,8 +68,10 @@ pub struct Config {
     /// Must be >= `gossip_to_dead` and long enough for gossip and anti-entropy to spread the
     /// tombstone everywhere (several `sync_interval`s). LAN 5 min, WAN 15 min.
     pub tombstone_ttl: Duration,
-    /// Largest datagram sent or accepted, in bytes. Must be >= 256. Default 1200, below the QUIC
-    /// datagram limit on a 1280-byte IPv6 path.
+    /// Largest datagram sent or accepted, in bytes. Must be >= 256. Default 1100: QUIC assumes a
+    /// path carries 1200-byte UDP payloads until it has probed for more, and a DATAGRAM frame
+    /// in such a packet holds about 1160 bytes after the packet header, the frame header and the
+    /// AEAD tag; 1100 leaves room for longer connection ids.
     pub datagram_size_max: usize,
     /// Largest stream message sent or accepted, in bytes. Must be >= `datagram_size_max` and hold
     /// a full-size state entry. Default 1 MiB; a join push/pull larger than this is truncated and
@@ -125,7 +127,7 @@ impl Config {
             members_persisted_max: 32,
             persist_interval: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(300),
-            datagram_size_max: 1200,
+            datagram_size_max: 1100,
             message_size_max: 1 << 20,
             members_max: 16_384,
             broadcast_queue_max: 4096,

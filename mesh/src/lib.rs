@@ -77,8 +77,15 @@
 //! [`Peers::handle_local`]; requests from other nodes through [`Peers::handle_request`], whose
 //! return value is the answer; answers to this node's requests through
 //! [`Peers::handle_response`]; timers through [`Peers::poll_timeout`] and
-//! [`Peers::handle_timeout`]; then drain [`Peers::poll_output`], publishing Pod records through
-//! [`Command::PutState`] under [`PodRecord::state_key`].
+//! [`Peers::handle_timeout`]; then drain [`Peers::poll_output`], publishing Pod records as
+//! replicated state under [`PodRecord::state_key`].
+//!
+//! # One node
+//!
+//! [`Node`] composes the two machines the way both drivers need them: it starts them in order,
+//! feeds Pod records to membership, finds a peer request's address in membership, decides
+//! whether a Pod is live, and derives wall-clock time from one clock reading. The daemon and the
+//! simulator each drive a [`Node`] and keep only their own IO, so they cannot drift apart.
 //!
 //! The wire format lives in one module and is documented in `docs/wire.md`.
 
@@ -90,6 +97,7 @@ mod config;
 mod error;
 mod mesh;
 mod name;
+mod node;
 mod peers;
 mod pod;
 mod store;
@@ -100,6 +108,7 @@ pub use config::Config;
 pub use error::Error;
 pub use mesh::{Command, Counters, Event, Input, Member, Mesh, Output, StateEntry, Target};
 pub use name::{NODE_NAME_LEN_MAX, NodeName};
+pub use node::{NODE_INFO_KEY, Node, NodeOutput};
 pub use peers::{
     ErrorCode, InboxEntry, LocalOp, LocalReply, PeerError, PeerOp, PeerRequest, PeerResponse,
     Peers, PeersConfig, PeersCounters, PeersOutput, PodEvent, RequestId,

@@ -143,7 +143,9 @@ pub enum LocalOp {
         target: PodAddr,
         /// The message.
         body: String,
-        /// Whether the driver sees the target live (its node alive, the Pod not stopped).
+        /// Whether the target is live (its node alive or suspect, the Pod not stopped). A driver
+        /// of a whole [`crate::Node`] need not set it: [`crate::Node::handle_local`] decides it
+        /// from membership and the gossiped record, one rule for the daemon and the simulator.
         live: bool,
     },
     /// Read (and optionally remove) a Pod's inbox.

@@ -193,9 +193,9 @@ pub struct PodRecord {
 pub const POD_STATE_PREFIX: &str = "pod/";
 
 impl PodRecord {
-    /// The command that gossips Pod `pod`'s record as replicated state, or its removal: what a
-    /// driver does with [`crate::PeersOutput::Publish`].
-    pub fn publish_command(pod: &PodName, record: Option<&PodRecord>) -> crate::Command {
+    /// The command that gossips Pod `pod`'s record as replicated state, or its removal: what
+    /// [`crate::Node`] does with [`crate::PeersOutput::Publish`].
+    pub(crate) fn publish_command(pod: &PodName, record: Option<&PodRecord>) -> crate::Command {
         let key = PodRecord::state_key(pod);
         match record {
             Some(record) => crate::Command::PutState {
@@ -204,6 +204,13 @@ impl PodRecord {
             },
             None => crate::Command::DeleteState { key },
         }
+    }
+
+    /// Whether this Pod is live while its node is in `node_state`: the node alive or suspect
+    /// (not yet declared dead) and the Pod not stopped. [`crate::Node::pod_live`] and every
+    /// listing of Pods use this one rule.
+    pub fn live_on(&self, node_state: crate::MemberState) -> bool {
+        node_state.is_live() && self.status != PodStatus::Stopped
     }
 
     /// The replicated state key of this Pod: `pod/<name>`.

@@ -1,10 +1,11 @@
-//! The node daemon: one actor task owns the mesh state machine and drives it with real time,
-//! the QUIC transport and the local API.
+//! The node daemon: one actor task owns the node's protocol state ([`Node`]: membership, Pods
+//! and peers) and drives it with real time, the QUIC transport and the local API.
 //!
 //! Everything reaches the actor through bounded channels: inbound frames from the transport,
-//! calls from local clients, and signals. The actor feeds them to [`Mesh::handle`], sleeps until
-//! [`Mesh::poll_timeout`], and carries out every [`Output`]. `Instant::now()` is read only in
-//! [`Clock`].
+//! calls from local clients, and signals. The actor feeds them to the [`Node`], sleeps until
+//! [`Node::poll_timeout`], and carries out every [`NodeOutput`]. How the two machines are
+//! composed is decided in `podmesh_mesh::Node`, the same for the simulator; this file holds only
+//! IO. `Instant::now()` is read only in [`Clock`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -14,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use podmesh_certs::{Fingerprint, MeshTls, NodeIdentity};
 use podmesh_mesh::{
-    Command, Config, Event, Input, LocalOp, LocalReply, Member, MemberState, Mesh, NodeName,
-    Output, POD_STATE_PREFIX, PeerError, Peers, PeersConfig, PeersOutput, PodAddr, PodEvent,
-    PodName, PodRecord, PodStatus, Target, Time,
+    Command, Config, Event, Input, LocalOp, LocalReply, Member, MemberState, Node, NodeName,
+    NodeOutput, POD_STATE_PREFIX, PeerError, PeersConfig, PodAddr, PodEvent, PodName, PodRecord,
+    PodStatus, Target, Time,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -38,8 +39,6 @@ pub const LEAVE_GRACE_MAX: Duration = Duration::from_secs(3);
 pub const ALERTS_MAX: usize = 64;
 /// Local API calls waiting for a handshake or delivery to finish.
 pub const PENDING_CALLS_MAX: usize = 1024;
-/// Replicated state key of the node's own information.
-pub const NODE_INFO_KEY: &str = "node";
 
 /// The words before the bound address in the line a node prints once it listens.
 const LISTENING: &str = "listening on";
@@ -100,18 +99,24 @@ pub struct NodeSettings {
     pub blocklist: BTreeSet<Fingerprint>,
 }
 
-/// The daemon's one clock: monotonic time for the core, wall time for people.
+/// The daemon's one clock: monotonic time for the core, read once against wall time so that
+/// the core can tell people when things happened ([`Node::wall_ms`]).
 #[derive(Clone, Copy, Debug)]
 struct Clock {
     start: Instant,
-    start_wall: SystemTime,
+    /// Milliseconds since the Unix epoch at `start`.
+    start_unix_ms: u64,
 }
 
 impl Clock {
     fn new() -> Self {
+        let start_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         Self {
             start: Instant::now(),
-            start_wall: SystemTime::now(),
+            start_unix_ms,
         }
     }
 
@@ -121,13 +126,6 @@ impl Clock {
 
     fn instant(&self, t: Time) -> tokio::time::Instant {
         (self.start + Duration::from_micros(t.as_micros())).into()
-    }
-
-    fn unix_ms(&self, t: Time) -> u64 {
-        let wall = self.start_wall + Duration::from_micros(t.as_micros());
-        wall.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
     }
 }
 
@@ -186,12 +184,10 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     let bound = transport.local_addr()?;
     let advertise = advertise_addr(&settings, bound)?;
 
-    let mut config = match settings.preset {
+    let config = match settings.preset {
         Preset::Lan => Config::lan(),
         Preset::Wan => Config::wan(),
     };
-    // QUIC datagrams are smaller than UDP's: leave room for QUIC's own headers.
-    config.datagram_size_max = config.datagram_size_max.min(1100);
     let clock = Clock::new();
     let me = mesh_name(&node)?;
     let mut faults = Faults::from_env()?;
@@ -199,8 +195,17 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     if faults.fire("fail-handshake-write") {
         store.fail_next_handshake_write();
     }
-    let mesh = Mesh::new(config, me, advertise, store, random_seed(), clock.now())
-        .context("starting the membership core")?;
+    let node_state = Node::start(
+        config,
+        PeersConfig::default(),
+        me,
+        advertise,
+        store,
+        random_seed(),
+        clock.now(),
+        clock.start_unix_ms,
+    )
+    .context("starting the node: its membership core, Pods and peer handshake log")?;
 
     let socket = data_dir.join(SOCKET_FILE);
     let listener = api_server::bind(&socket)
@@ -210,26 +215,16 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
 
     info!(
         node = %node, mesh = %identity.claim.mesh, listen = %bound, advertise = %advertise,
-        incarnation = mesh.incarnation(), data_dir = %data_dir.display(), "node started"
+        incarnation = node_state.mesh().incarnation(), data_dir = %data_dir.display(), "node started"
     );
     // One line on stdout that scripts and tests can wait for (see `wait_until_listening`).
     println!("podmesh node {node} {LISTENING} {bound} (advertising {advertise})");
 
-    let peers = Peers::load(
-        mesh.name().clone(),
-        mesh.incarnation(),
-        PeersConfig::default(),
-        mesh.store(),
-        clock.now(),
-    )
-    .context("loading pods and the peer handshake log")?;
     let mut actor = Actor {
-        mesh,
-        peers,
+        node: node_state,
         transport: transport.clone(),
         clock,
         mesh_name: identity.claim.mesh.to_string(),
-        started_unix_ms: clock.unix_ms(Time::ZERO),
         stopping: None,
         pending: BTreeMap::new(),
         next_token: 0,
@@ -239,7 +234,6 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         updated_at: BTreeMap::new(),
         faults,
     };
-    actor.publish_node_info();
     let result = actor.run(settings.join, inbound_rx, calls_rx).await;
     api_task.abort();
     let _ = std::fs::remove_file(&socket);
@@ -265,12 +259,10 @@ struct PendingCall {
 }
 
 struct Actor {
-    mesh: Mesh<RedbStore>,
-    peers: Peers,
+    node: Node<RedbStore>,
     transport: Transport,
     clock: Clock,
     mesh_name: String,
-    started_unix_ms: u64,
     stopping: Option<Stop>,
     pending: BTreeMap<u64, PendingCall>,
     next_token: u64,
@@ -297,7 +289,7 @@ impl Actor {
         let mut sigterm = signal(SignalKind::terminate())?;
 
         let now = self.clock.now();
-        self.mesh
+        self.node
             .handle(Input::Command(Command::Join { seeds }), now)?;
         self.flush();
         loop {
@@ -305,17 +297,13 @@ impl Actor {
                 Some(Stop::Now) => return Ok(()),
                 Some(Stop::Leave { until }) => {
                     let now = self.clock.now();
-                    if now >= until || self.mesh.broadcast_queue_len() == 0 {
+                    if now >= until || self.node.mesh().broadcast_queue_len() == 0 {
                         return Ok(());
                     }
                 }
                 None => {}
             }
-            let deadline = [self.mesh.poll_timeout(), self.peers.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|t| self.clock.instant(t));
+            let deadline = self.node.poll_timeout().map(|t| self.clock.instant(t));
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -326,9 +314,7 @@ impl Actor {
                 Some(inbound) = inbound_rx.recv() => self.inbound(inbound),
                 Some(call) = calls_rx.recv() => self.call(call),
                 () = sleep => {
-                    let now = self.clock.now();
-                    self.mesh.handle_timeout(now);
-                    self.peers.handle_timeout(now, self.mesh.store_mut());
+                    self.node.handle_timeout(self.clock.now());
                 }
                 _ = sigint.recv() => self.leave(),
                 _ = sigterm.recv() => self.leave(),
@@ -343,7 +329,7 @@ impl Actor {
         }
         let now = self.clock.now();
         info!("leaving the mesh");
-        if let Err(e) = self.mesh.handle(Input::Command(Command::Leave), now) {
+        if let Err(e) = self.node.handle(Input::Command(Command::Leave), now) {
             warn!(error = %e, "leave failed");
         }
         let until = now + LEAVE_GRACE_MAX;
@@ -375,11 +361,7 @@ impl Actor {
                     self.faults.crash("participant-before-commit");
                 }
                 let answer = match mesh_name(&from) {
-                    Ok(from) => {
-                        let wall = self.clock.unix_ms(now);
-                        self.peers
-                            .handle_request(&from, &bytes, now, wall, self.mesh.store_mut())
-                    }
+                    Ok(from) => self.node.handle_request(&from, &bytes, now),
                     Err(_) => None,
                 };
                 match kind {
@@ -391,90 +373,70 @@ impl Actor {
                 return;
             }
             Inbound::Response { rpc, bytes } => {
-                self.peers
-                    .handle_response(rpc, bytes.as_deref(), now, self.mesh.store_mut());
+                self.node.handle_response(rpc, bytes.as_deref(), now);
                 return;
             }
         };
-        if let Err(e) = self.mesh.handle(input, now) {
+        if let Err(e) = self.node.handle(input, now) {
             warn!(error = %e, "input refused");
         }
     }
 
-    /// Carries out everything both state machines asked for, until neither has more.
+    /// Carries out everything the node asked for, until it has nothing more.
     fn flush(&mut self) {
-        loop {
-            let mut idle = true;
-            while let Some(output) = self.peers.poll_output() {
-                idle = false;
-                self.peers_output(output);
-            }
-            while let Some(output) = self.mesh.poll_output() {
-                idle = false;
-                match output {
-                    Output::Datagram { to, bytes } => {
-                        if let Some(to) = destination(to) {
-                            self.transport.send(to, Channel::Datagram, bytes);
-                        }
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                NodeOutput::Datagram { to, bytes } => {
+                    if let Some(to) = destination(to) {
+                        self.transport.send(to, Channel::Datagram, bytes);
                     }
-                    Output::Message { to, bytes } => {
-                        if let Some(to) = destination(to) {
-                            self.transport.send(to, Channel::Stream, bytes);
-                        }
-                    }
-                    Output::Event(event) => self.mesh_event(event),
                 }
-            }
-            if idle {
-                return;
+                NodeOutput::Message { to, bytes } => {
+                    if let Some(to) = destination(to) {
+                        self.transport.send(to, Channel::Stream, bytes);
+                    }
+                }
+                NodeOutput::Request { rpc, to, bytes } => self.request(rpc, to, bytes),
+                NodeOutput::Reply { token, result } => {
+                    if let Some(call) = self.pending.remove(&token) {
+                        let reply = match result {
+                            Ok(reply) => self.local_reply_json(call.id, reply),
+                            Err(error) => Reply::error(call.id, &api_error(error)),
+                        };
+                        let _ = call.reply_tx.try_send(reply);
+                    }
+                }
+                NodeOutput::Published {
+                    pod,
+                    refused: Some(e),
+                    ..
+                } => {
+                    warn!(pod = %pod, error = %e, "cannot gossip the pod record");
+                }
+                NodeOutput::Published { .. } => {}
+                NodeOutput::Member(event) => self.mesh_event(event),
+                NodeOutput::Pod(event) => self.pod_event(event),
             }
         }
     }
 
-    fn peers_output(&mut self, output: PeersOutput) {
-        match output {
-            PeersOutput::Request { rpc, to, bytes } => match self.mesh.member(&to) {
-                _ if request_kind(&bytes) == Some("prepare")
-                    && self.faults.fire("coordinator-after-intent") =>
-                {
-                    self.faults.crash_now("coordinator-after-intent");
-                }
-                _ if request_kind(&bytes) == Some("commit")
-                    && self.faults.fire("coordinator-after-commit") =>
-                {
-                    self.faults.crash_now("coordinator-after-commit");
-                }
-                Some(member) => {
-                    let name = to.as_str().parse().ok();
-                    let to = Destination {
-                        addr: member.addr,
-                        name,
-                    };
-                    self.transport.request(rpc, to, bytes);
-                }
-                None => {
-                    let now = self.clock.now();
-                    self.peers
-                        .handle_response(rpc, None, now, self.mesh.store_mut());
-                }
-            },
-            PeersOutput::Reply { token, result } => {
-                if let Some(call) = self.pending.remove(&token) {
-                    let reply = match result {
-                        Ok(reply) => self.local_reply_json(call.id, reply),
-                        Err(error) => Reply::error(call.id, &api_error(error)),
-                    };
-                    let _ = call.reply_tx.try_send(reply);
-                }
+    /// Sends a peer request on a stream of its own; the transport feeds the answer back.
+    fn request(&mut self, rpc: u64, to: Target, bytes: Vec<u8>) {
+        match request_kind(&bytes) {
+            Some("prepare") if self.faults.fire("coordinator-after-intent") => {
+                self.faults.crash_now("coordinator-after-intent");
             }
-            PeersOutput::Publish { pod, record } => {
-                let command = PodRecord::publish_command(&pod, record.as_ref());
+            Some("commit") if self.faults.fire("coordinator-after-commit") => {
+                self.faults.crash_now("coordinator-after-commit");
+            }
+            _ => {}
+        }
+        match destination(to) {
+            Some(to) => self.transport.request(rpc, to, bytes),
+            None => {
                 let now = self.clock.now();
-                if let Err(e) = self.mesh.handle(Input::Command(command), now) {
-                    warn!(pod = %pod, error = %e, "cannot gossip the pod record");
-                }
+                self.node.handle_response(rpc, None, now);
             }
-            PeersOutput::Event(event) => self.pod_event(event),
         }
     }
 
@@ -581,9 +543,7 @@ impl Actor {
                     },
                 );
                 let now = self.clock.now();
-                let wall = self.clock.unix_ms(now);
-                self.peers
-                    .handle_local(token, op, now, wall, self.mesh.store_mut());
+                self.node.handle_local(token, op, now);
             }
             Err(error) => {
                 let _ = call.reply_tx.try_send(Reply::error(id, &error));
@@ -630,7 +590,7 @@ impl Actor {
                         let record = self.local_pod(&name)?;
                         Ok(Answer::Now(
                             "pod",
-                            directory::record_json(self.mesh.name(), record),
+                            directory::record_json(self.node.mesh().name(), record),
                         ))
                     }
                     Some(status) => {
@@ -646,7 +606,7 @@ impl Actor {
             "list_pods" => {
                 let name = pod_param(params, "pod")?;
                 let record = self.local_pod(&name)?.clone();
-                let me = PodAddr::new(name, self.mesh.name().clone());
+                let me = PodAddr::new(name, self.node.mesh().name().clone());
                 let pods = directory::visible(&me, &record, &self.directory());
                 Ok(Answer::Now(
                     "pods",
@@ -678,21 +638,13 @@ impl Actor {
                 let pod = pod_param(params, "pod")?;
                 self.local_pod(&pod)?;
                 let name = str_param(params, "name")?;
-                let target = directory::resolve(name, self.mesh.name(), &self.directory())?;
-                let live = self
-                    .directory()
-                    .get(&target)
-                    .is_some_and(DirectoryEntry::live)
-                    || (target.node == *self.mesh.name()
-                        && self
-                            .peers
-                            .pod(&target.pod)
-                            .is_some_and(|p| p.status != PodStatus::Stopped));
+                let target = directory::resolve(name, self.node.mesh().name(), &self.directory())?;
                 Ok(Answer::Local(LocalOp::Send {
                     pod,
                     target,
                     body,
-                    live,
+                    // Decided by the node (`Node::pod_live`), one rule with the simulator.
+                    live: false,
                 }))
             }
             "inbox" => {
@@ -713,9 +665,9 @@ impl Actor {
                     alert.event = "alert".to_owned();
                     let _ = reply_tx.try_send(alert);
                 }
-                let me = PodAddr::new(pod.clone(), self.mesh.name().clone());
+                let me = PodAddr::new(pod.clone(), self.node.mesh().name().clone());
                 let snapshot = json!({
-                    "pod": directory::record_json(self.mesh.name(), &record),
+                    "pod": directory::record_json(self.node.mesh().name(), &record),
                     "pods": directory::visible(&me, &record, &self.directory()),
                     "members": self.members_json(),
                 });
@@ -741,7 +693,7 @@ impl Actor {
     /// The Pod and the resolved target of a peer request, checked in the documented order.
     fn pod_and_target(&self, params: &Value) -> Result<(PodName, PodAddr), ApiError> {
         let pod = pod_param(params, "pod")?;
-        if let Some(record) = self.peers.pod(&pod)
+        if let Some(record) = self.node.peers().pod(&pod)
             && !matches!(record.status, PodStatus::Idle | PodStatus::Paused)
         {
             return Err(ApiError::new(
@@ -753,27 +705,29 @@ impl Actor {
             ));
         }
         let name = str_param(params, "name")?;
-        let target = directory::resolve(name, self.mesh.name(), &self.directory())?;
+        let target = directory::resolve(name, self.node.mesh().name(), &self.directory())?;
         Ok((pod, target))
     }
 
     fn local_pod(&self, name: &PodName) -> Result<&PodRecord, ApiError> {
-        self.peers
+        self.node
+            .peers()
             .pod(name)
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("pod {name} not found")))
     }
 
     /// Every Pod this node knows: its own, and those gossiped by live or dead members.
     fn directory(&self) -> Directory {
-        let me = self.mesh.name().clone();
+        let me = self.node.mesh().name().clone();
         let states: BTreeMap<NodeName, MemberState> = self
-            .mesh
+            .node
+            .mesh()
             .members()
             .into_iter()
             .map(|m| (m.name, m.state))
             .collect();
         let mut directory = Directory::new();
-        for entry in self.mesh.entries() {
+        for entry in self.node.mesh().entries() {
             let Some(value) = entry.value else { continue };
             if !entry.key.starts_with(POD_STATE_PREFIX) || *entry.owner == me {
                 continue;
@@ -793,12 +747,12 @@ impl Actor {
                         .get(entry.owner)
                         .copied()
                         .unwrap_or(MemberState::Dead),
-                    updated_at_ms: self.clock.unix_ms(updated),
+                    updated_at_ms: self.node.wall_ms(updated),
                     record,
                 },
             );
         }
-        for record in self.peers.pods() {
+        for record in self.node.peers().pods() {
             let key = (me.clone(), PodRecord::state_key(&record.name));
             let updated = self.updated_at.get(&key).copied().unwrap_or(Time::ZERO);
             directory.insert(
@@ -806,7 +760,7 @@ impl Actor {
                 DirectoryEntry {
                     record: record.clone(),
                     node_state: MemberState::Alive,
-                    updated_at_ms: self.clock.unix_ms(updated),
+                    updated_at_ms: self.node.wall_ms(updated),
                 },
             );
         }
@@ -815,9 +769,11 @@ impl Actor {
 
     fn local_reply_json(&self, id: Option<u64>, reply: LocalReply) -> Reply {
         match reply {
-            LocalReply::Pod(record) => {
-                Reply::ok(id, "pod", directory::record_json(self.mesh.name(), &record))
-            }
+            LocalReply::Pod(record) => Reply::ok(
+                id,
+                "pod",
+                directory::record_json(self.node.mesh().name(), &record),
+            ),
             LocalReply::Removed => Reply::ok(id, "removed", json!({})),
             LocalReply::PeerRegistered { source, peer } => Reply::ok(
                 id,
@@ -849,24 +805,8 @@ impl Actor {
         }
     }
 
-    fn publish_node_info(&mut self) {
-        let info = json!({
-            "address": self.mesh.addr().to_string(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at_ms": self.started_unix_ms,
-        });
-        let command = Command::PutState {
-            key: NODE_INFO_KEY.to_owned(),
-            value: info.to_string().into_bytes(),
-        };
-        let now = self.clock.now();
-        if let Err(e) = self.mesh.handle(Input::Command(command), now) {
-            warn!(error = %e, "cannot gossip the node information");
-        }
-    }
-
     fn members_json(&self) -> Vec<Value> {
-        let mut members = self.mesh.members();
+        let mut members = self.node.mesh().members();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         members.iter().map(|m| self.member_json(m)).collect()
     }
@@ -877,29 +817,30 @@ impl Actor {
             "address": member.addr.to_string(),
             "state": member.state.as_str(),
             "incarnation": member.incarnation,
-            "changed_at_ms": self.clock.unix_ms(member.changed_at),
-            "local": member.name == *self.mesh.name(),
+            "changed_at_ms": self.node.wall_ms(member.changed_at),
+            "local": member.name == *self.node.mesh().name(),
         })
     }
 
     fn node_info(&self) -> Value {
-        let counters = self.mesh.counters();
-        let peers = self.peers.counters();
+        let counters = self.node.mesh().counters();
+        let peers = self.node.peers().counters();
         let stats = self.transport.stats();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         json!({
-            "name": self.mesh.name().as_str(),
+            "name": self.node.mesh().name().as_str(),
             "mesh": self.mesh_name,
-            "address": self.mesh.addr().to_string(),
-            "incarnation": self.mesh.incarnation(),
+            "address": self.node.mesh().addr().to_string(),
+            "incarnation": self.node.mesh().incarnation(),
             "version": env!("CARGO_PKG_VERSION"),
-            "started_at_ms": self.started_unix_ms,
-            "local_health": self.mesh.local_health(),
+            "started_at_ms": self.clock.start_unix_ms,
+            "local_health": self.node.mesh().local_health(),
             "connections": self.transport.connection_count(),
-            "pods": self.peers.pods().count(),
-            "handshakes_logged": self.peers.handshakes_logged(),
+            "pods": self.node.peers().pods().count(),
+            "handshakes_logged": self.node.peers().handshakes_logged(),
             "members_persisted": self
-                .mesh
+                .node
+                .mesh()
                 .store()
                 .scan(podmesh_mesh::Table::Members)
                 .map(|rows| rows.len())

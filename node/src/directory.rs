@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use podmesh_mesh::{MemberState, NodeName, PodAddr, PodName, PodRecord, PodStatus};
+use podmesh_mesh::{MemberState, NodeName, PodAddr, PodName, PodRecord};
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, ErrorCode};
@@ -23,7 +23,7 @@ pub struct DirectoryEntry {
 impl DirectoryEntry {
     /// Live: the node is alive (or suspect, not yet declared dead) and the Pod is not stopped.
     pub fn live(&self) -> bool {
-        self.node_state.is_live() && self.record.status != PodStatus::Stopped
+        self.record.live_on(self.node_state)
     }
 }
 
@@ -153,6 +153,8 @@ pub fn record_json(node: &NodeName, record: &PodRecord) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use podmesh_mesh::PodStatus;
+
     use super::*;
 
     fn entry(name: &str, state: MemberState, status: PodStatus) -> DirectoryEntry {

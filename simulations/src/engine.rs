@@ -1,6 +1,7 @@
-//! The discrete-event engine: the real [`Mesh`] and [`Peers`] machines of every node, driven
-//! by one event heap in virtual time, one seeded RNG, the network model and the scenario's
-//! timeline, with the invariants checked after every event.
+//! The discrete-event engine: the real [`Node`] of every node (its `Mesh` and `Peers`
+//! machines, composed as the daemon composes them), driven by one event heap in virtual time,
+//! one seeded RNG, the network model and the scenario's timeline, with the invariants checked
+//! after every event.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -8,10 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use podmesh_mesh::NodeName;
+use podmesh_mesh::PodRecord;
 use podmesh_mesh::{
-    Command, Config, Event, Input, LocalOp, LocalReply, MemStore, Mesh, Output, PeerError, Peers,
-    PeersConfig, PeersOutput, PodAddr, PodEvent, PodName, PodRecord, Row, Store, StoreError, Table,
-    Target, WriteBatch,
+    Command, Config, Event, Input, LocalOp, LocalReply, MemStore, Node, NodeOutput, PeerError,
+    Peers, PeersConfig, PodAddr, PodEvent, PodName, Row, Store, StoreError, Table, Target,
+    WriteBatch,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -140,18 +142,12 @@ impl Ord for Queued {
     }
 }
 
-/// A running node: its two machines, sharing the store the mesh owns.
+/// One simulated host: the node's life cycle around its protocol state.
 #[derive(Debug)]
-struct Running {
-    mesh: Mesh<SimStore>,
-    peers: Peers,
-}
-
-#[derive(Debug)]
-struct Node {
+struct Host {
     /// Bumped on every crash, so frames and timers of a previous life are dropped.
     life: u32,
-    running: Option<Running>,
+    running: Option<Node<SimStore>>,
     /// The store while the node is down.
     store: Option<SimStore>,
     wake_at: Option<Time>,
@@ -209,7 +205,7 @@ pub struct Sim {
     seq: u64,
     rng: ChaCha8Rng,
     net: Network,
-    nodes: Vec<Node>,
+    nodes: Vec<Host>,
     names: Vec<NodeName>,
     by_name: HashMap<NodeName, usize>,
     by_addr: HashMap<SocketAddr, usize>,
@@ -260,7 +256,7 @@ impl Sim {
             rng,
             net,
             nodes: (0..n)
-                .map(|_| Node {
+                .map(|_| Host {
                     life: 0,
                     running: None,
                     store: None,
@@ -354,8 +350,7 @@ impl Sim {
                 self.nodes[node].wake_at = None;
                 let now = self.now;
                 if let Some(r) = self.nodes[node].running.as_mut() {
-                    r.mesh.handle_timeout(now);
-                    r.peers.handle_timeout(now, r.mesh.store_mut());
+                    r.handle_timeout(now);
                 }
                 self.pump(node);
             }
@@ -383,7 +378,7 @@ impl Sim {
                     }
                 };
                 // Network input never fails the core; an error would be a bug worth seeing.
-                if let Err(e) = r.mesh.handle(input, now) {
+                if let Err(e) = r.handle(input, now) {
                     self.checker
                         .violation(now, format!("n{to} refused network input: {e}"));
                 }
@@ -402,13 +397,7 @@ impl Sim {
                 let Some(r) = self.nodes[to].running.as_mut() else {
                     return;
                 };
-                let answer = r.peers.handle_request(
-                    &from_name,
-                    &bytes,
-                    now,
-                    now.as_micros() / 1_000,
-                    r.mesh.store_mut(),
-                );
+                let answer = r.handle_request(&from_name, &bytes, now);
                 self.pump(to);
                 if let Some(answer) = answer {
                     for delay in self.net.route(&mut self.rng, to, from, Kind::Stream) {
@@ -436,8 +425,7 @@ impl Sim {
                 }
                 let now = self.now;
                 if let Some(r) = self.nodes[to].running.as_mut() {
-                    r.peers
-                        .handle_response(rpc, Some(&bytes), now, r.mesh.store_mut());
+                    r.handle_response(rpc, Some(&bytes), now);
                 }
                 self.pump(to);
             }
@@ -472,7 +460,7 @@ impl Sim {
             Action::Leave(node) => {
                 let now = self.now;
                 if let Some(r) = self.nodes[node].running.as_mut() {
-                    let _ = r.mesh.handle(Input::Command(Command::Leave), now);
+                    let _ = r.handle(Input::Command(Command::Leave), now);
                     self.pump(node);
                     self.crash(node, false);
                 }
@@ -489,7 +477,7 @@ impl Sim {
         self.net.heal();
         for node in 0..self.nodes.len() {
             if let Some(r) = self.nodes[node].running.as_mut() {
-                r.mesh.store_mut().fail = 0.0;
+                r.store_mut().fail = 0.0;
             }
             if let Some(store) = self.nodes[node].store.as_mut() {
                 store.fail = 0.0;
@@ -529,22 +517,26 @@ impl Sim {
         };
         store.fail = 0.0;
         let mesh_seed: u64 = self.rng.random();
-        let mesh = match Mesh::new(
+        // Wall-clock time is virtual time since the Unix epoch.
+        let started = Node::start(
             self.config.clone(),
+            PeersConfig::default(),
             self.names[node].clone(),
             addr_of(node),
             store,
             mesh_seed,
             now,
-        ) {
-            Ok(mesh) => mesh,
+            0,
+        );
+        let started = match started {
+            Ok(started) => started,
             Err(e) => {
                 self.checker
                     .violation(now, format!("n{node} could not start: {e}"));
                 return;
             }
         };
-        let incarnation = mesh.incarnation();
+        let incarnation = started.mesh().incarnation();
         if durable && !first && incarnation <= self.nodes[node].incarnation_max {
             self.checker.violation(
                 now,
@@ -555,30 +547,16 @@ impl Sim {
             );
         }
         self.nodes[node].incarnation_max = self.nodes[node].incarnation_max.max(incarnation);
-        let peers = match Peers::load(
-            self.names[node].clone(),
-            incarnation,
-            PeersConfig::default(),
-            mesh.store(),
-            now,
-        ) {
-            Ok(peers) => peers,
-            Err(e) => {
-                self.checker
-                    .violation(now, format!("n{node} could not load its Pods: {e}"));
-                return;
-            }
-        };
         // Durability: every acknowledged relation of this node's Pods is in what it loaded.
         let me = self.names[node].clone();
-        for record in peers.pods() {
+        for record in started.peers().pods() {
             let addr = PodAddr::new(record.name.clone(), me.clone());
             self.checker
                 .check_record(now, &addr, record, &self.unsettled_with(&addr));
         }
         self.checker
-            .check_inboxes_loaded(now, &me, mesh.store(), self.nodes[node].life);
-        self.nodes[node].running = Some(Running { mesh, peers });
+            .check_inboxes_loaded(now, &me, started.store(), self.nodes[node].life);
+        self.nodes[node].running = Some(started);
         self.nodes[node].awaiting_restart = false;
         self.observer.node_up(node, now);
         // Seeds to join through: the scenario's seeds (a durable restart also finds the
@@ -589,28 +567,24 @@ impl Sim {
             .collect();
         let r = self.nodes[node].running.as_mut().expect("just started");
         let join = if durable && !first { Vec::new() } else { seeds };
-        let _ = r
-            .mesh
-            .handle(Input::Command(Command::Join { seeds: join }), now);
+        let _ = r.handle(Input::Command(Command::Join { seeds: join }), now);
         if first || !durable {
             for pod in self.pods.clone() {
                 let token = self.token();
                 let r = self.nodes[node].running.as_mut().expect("just started");
-                r.peers.handle_local(
+                r.handle_local(
                     token,
                     LocalOp::CreatePod {
                         name: pod,
                         parent: None,
                     },
                     now,
-                    now.as_micros() / 1_000,
-                    r.mesh.store_mut(),
                 );
             }
         }
         let fail = self.fail_rate();
         if let Some(r) = self.nodes[node].running.as_mut() {
-            r.mesh.store_mut().fail = fail;
+            r.store_mut().fail = fail;
         }
         self.pump(node);
     }
@@ -623,7 +597,7 @@ impl Sim {
         n.life += 1;
         n.wake_at = None;
         n.awaiting_restart = !stays_down;
-        let mut store = r.mesh.into_store();
+        let mut store = r.into_store();
         self.figures.write_failures += store.failures;
         store.failures = 0;
         n.store = Some(store);
@@ -661,24 +635,16 @@ impl Sim {
             let Some(r) = self.nodes[node].running.as_mut() else {
                 return;
             };
-            if let Some(out) = r.mesh.poll_output() {
-                self.mesh_output(node, out);
-                continue;
-            }
-            let Some(out) = r.peers.poll_output() else {
+            let Some(out) = r.poll_output() else {
                 break;
             };
-            self.peers_output(node, out);
+            self.output(node, out);
         }
         let life = self.nodes[node].life;
         let Some(r) = self.nodes[node].running.as_ref() else {
             return;
         };
-        let next = match (r.mesh.poll_timeout(), r.peers.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(at) = next {
+        if let Some(at) = r.poll_timeout() {
             let at = at.max(now);
             if self.nodes[node].wake_at.is_none_or(|w| at < w) {
                 self.nodes[node].wake_at = Some(at);
@@ -687,12 +653,27 @@ impl Sim {
         }
     }
 
-    fn mesh_output(&mut self, node: usize, out: Output) {
+    fn output(&mut self, node: usize, out: NodeOutput) {
         let now = self.now;
         match out {
-            Output::Datagram { to, bytes } => self.send_frame(node, &to, bytes, false),
-            Output::Message { to, bytes } => self.send_frame(node, &to, bytes, true),
-            Output::Event(event) => {
+            NodeOutput::Datagram { to, bytes } => self.send_frame(node, &to, bytes, false),
+            NodeOutput::Message { to, bytes } => self.send_frame(node, &to, bytes, true),
+            NodeOutput::Request { rpc, to, bytes } => self.send_request(node, &to, rpc, bytes),
+            NodeOutput::Reply { token, result } => self.reply(node, token, result),
+            NodeOutput::Published { pod, record, .. } => {
+                // Durability: every acknowledged relation is in each record a node publishes.
+                if let Some(record) = &record {
+                    let addr = PodAddr::new(pod, self.names[node].clone());
+                    let unsettled = self.unsettled_with(&addr);
+                    self.checker.check_record(now, &addr, record, &unsettled);
+                }
+            }
+            NodeOutput::Pod(PodEvent::Notification { pod, entry }) => {
+                let to = PodAddr::new(pod, self.names[node].clone());
+                self.checker.notified(now, &to, &entry.id);
+            }
+            NodeOutput::Pod(_) => {}
+            NodeOutput::Member(event) => {
                 let (subject, live, incarnation) = match &event {
                     Event::MemberAlive {
                         node, incarnation, ..
@@ -756,45 +737,25 @@ impl Sim {
         }
     }
 
-    fn peers_output(&mut self, node: usize, out: PeersOutput) {
+    /// Sends peer request `rpc` on a stream; its answer comes back as an [`Ev::Response`].
+    fn send_request(&mut self, node: usize, to: &Target, rpc: u64, bytes: Vec<u8>) {
         let now = self.now;
-        match out {
-            PeersOutput::Request { rpc, to, bytes } => {
-                let Some(&to) = self.by_name.get(&to) else {
-                    return;
-                };
-                let from_life = self.nodes[node].life;
-                self.observer.sent(node, bytes.len());
-                for delay in self.net.route(&mut self.rng, node, to, Kind::Stream) {
-                    self.push(
-                        now + delay,
-                        Ev::Request {
-                            from: node,
-                            from_life,
-                            to,
-                            rpc,
-                            bytes: bytes.clone(),
-                        },
-                    );
-                }
-            }
-            PeersOutput::Reply { token, result } => self.reply(node, token, result),
-            PeersOutput::Publish { pod, record } => {
-                let addr = PodAddr::new(pod.clone(), self.names[node].clone());
-                if let Some(record) = &record {
-                    let unsettled = self.unsettled_with(&addr);
-                    self.checker.check_record(now, &addr, record, &unsettled);
-                }
-                let command = PodRecord::publish_command(&pod, record.as_ref());
-                if let Some(r) = self.nodes[node].running.as_mut() {
-                    let _ = r.mesh.handle(Input::Command(command), now);
-                }
-            }
-            PeersOutput::Event(PodEvent::Notification { pod, entry }) => {
-                let to = PodAddr::new(pod, self.names[node].clone());
-                self.checker.notified(now, &to, &entry.id);
-            }
-            PeersOutput::Event(_) => {}
+        let Some(to) = self.node_of(to) else {
+            return;
+        };
+        let from_life = self.nodes[node].life;
+        self.observer.sent(node, bytes.len());
+        for delay in self.net.route(&mut self.rng, node, to, Kind::Stream) {
+            self.push(
+                now + delay,
+                Ev::Request {
+                    from: node,
+                    from_life,
+                    to,
+                    rpc,
+                    bytes: bytes.clone(),
+                },
+            );
         }
     }
 
@@ -827,7 +788,7 @@ impl Sim {
                 let store = self.nodes[to_node]
                     .running
                     .as_ref()
-                    .map(|r| r.mesh.store())
+                    .map(|r| r.store())
                     .or(self.nodes[to_node].store.as_ref());
                 self.checker.acked(now, &to, id, store);
             }
@@ -844,7 +805,7 @@ impl Sim {
                 continue;
             };
             if let Some(r) = self.nodes[i].running.as_ref() {
-                for (a, b) in r.peers.handshake_pairs() {
+                for (a, b) in r.peers().handshake_pairs() {
                     if &a == pod {
                         out.push(b);
                     } else if &b == pod {
@@ -861,7 +822,7 @@ impl Sim {
             match self.nodes[i].running.as_ref() {
                 None => out.push(other.clone()),
                 Some(r) => {
-                    if r.peers
+                    if r.peers()
                         .handshake_pairs()
                         .iter()
                         .any(|(a, b)| (a == pod && b == &other) || (a == &other && b == pod))
@@ -897,10 +858,6 @@ impl Sim {
             let Some((from, to)) = self.checker.random_relation_of(&me, &mut self.rng) else {
                 return;
             };
-            let live = self.nodes[node]
-                .running
-                .as_ref()
-                .is_some_and(|r| r.mesh.member(&to.node).is_some_and(|m| m.state.is_live()));
             let wipes = self.nodes[self.by_name[&to.node]].wipes;
             self.pending.insert(
                 (node, token),
@@ -913,7 +870,8 @@ impl Sim {
                 pod: from.pod,
                 target: to,
                 body: format!("message {token}"),
-                live,
+                // Decided by the node from membership and the gossiped record.
+                live: false,
             }
         } else if self.rng.random_bool(w.unpeer_fraction) {
             let Some((from, to)) = self.checker.random_relation_of(&me, &mut self.rng) else {
@@ -955,8 +913,7 @@ impl Sim {
             LocalOp::RegisterPeer { pod, target }
         };
         let r = self.nodes[node].running.as_mut().expect("checked above");
-        r.peers
-            .handle_local(token, op, now, now.as_micros() / 1_000, r.mesh.store_mut());
+        r.handle_local(token, op, now);
         self.pump(node);
     }
 
@@ -977,7 +934,7 @@ impl Sim {
         self.nodes
             .iter()
             .filter_map(|n| n.running.as_ref())
-            .flat_map(|r| r.peers.handshake_pairs())
+            .flat_map(|r| r.peers().handshake_pairs())
             .filter(|(a, b)| up(&a.node) && up(&b.node))
             .count()
     }
@@ -1007,7 +964,7 @@ impl Sim {
         let mut inboxes = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let store = match (&node.running, &node.store) {
-                (Some(r), _) => r.mesh.store(),
+                (Some(r), _) => r.store(),
                 (None, Some(s)) => s,
                 (None, None) => continue,
             };
@@ -1030,8 +987,8 @@ impl Sim {
     fn report(mut self, wall: Duration) -> Report {
         for node in &self.nodes {
             if let Some(r) = &node.running {
-                self.figures.write_failures += r.mesh.store().failures;
-                let c = r.peers.counters();
+                self.figures.write_failures += r.store().failures;
+                let c = r.peers().counters();
                 self.figures.duplicates_answered += c.duplicates;
             }
         }

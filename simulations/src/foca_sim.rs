@@ -77,7 +77,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<FocaRun> {
 /// foca's configuration: its own preset for the scenario's profile (`Config::new_lan`, or
 /// `Config::new_wan` for a `wan` scenario, as podmesh picks `Config::lan` or `Config::wan`)
 /// sized for the scenario's node count, unchanged but for the packet size, which is podmesh's
-/// `datagram_size_max` (1200 bytes) so both work under the same datagram limit.
+/// `datagram_size_max` (1100 bytes) so both work under the same datagram limit.
 ///
 /// The LAN preset (memberlist's `DefaultLANConfig`) probes every 1 s with a 500 ms direct
 /// timeout and 3 indirect probes, declares a suspect down after `4 * max(1, log10 N)` seconds
