@@ -15,22 +15,19 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use podmesh_certs::{Fingerprint, MeshTls, NodeIdentity};
 use podmesh_mesh::{
-    Command, Config, Event, Input, LocalOp, LocalReply, Member, MemberState, Node, NodeName,
-    NodeOutput, POD_STATE_PREFIX, PeerError, PeersConfig, PodAddr, PodEvent, PodName, PodRecord,
-    PodStatus, Target, Time,
+    Command, Config, Event, Input, Node, NodeOutput, PeerError, PeersConfig, PodEvent, PodName,
+    Target, Time,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::api::{ApiError, ErrorCode, REQUEST_QUEUE_LEN_MAX, Reply, SOCKET_FILE};
+use crate::api::{ApiError, REQUEST_QUEUE_LEN_MAX, Reply, SOCKET_FILE};
 use crate::api_server::{self, ApiCall};
 use crate::config::Preset;
-use crate::directory::{self, Directory, DirectoryEntry};
 use crate::faults::Faults;
 use crate::store::RedbStore;
 use crate::transport::{Channel, Destination, Inbound, Transport, TransportLimits};
-use podmesh_mesh::Store as _;
 
 /// How long a leaving node keeps gossiping its `left` state before it exits.
 pub const LEAVE_GRACE_MAX: Duration = Duration::from_secs(3);
@@ -518,365 +515,6 @@ impl Actor {
             alerts.push_back(reply);
         }
     }
-
-    fn call(&mut self, call: ApiCall) {
-        let id = call.request.id;
-        let params = call.request.params.clone();
-        match self.answer(&call.request.method, &params, &call.reply_tx, id) {
-            Ok(Answer::Now(event, data)) => {
-                let _ = call.reply_tx.try_send(Reply::ok(id, event, data));
-            }
-            Ok(Answer::Sent) => {}
-            Ok(Answer::Local(op)) => {
-                if self.pending.len() >= PENDING_CALLS_MAX {
-                    let error = ApiError::new(ErrorCode::Busy, "too many requests in progress");
-                    let _ = call.reply_tx.try_send(Reply::error(id, &error));
-                    return;
-                }
-                self.next_token += 1;
-                let token = self.next_token;
-                self.pending.insert(
-                    token,
-                    PendingCall {
-                        id,
-                        reply_tx: call.reply_tx,
-                    },
-                );
-                let now = self.clock.now();
-                self.node.handle_local(token, op, now);
-            }
-            Err(error) => {
-                let _ = call.reply_tx.try_send(Reply::error(id, &error));
-            }
-        }
-    }
-
-    fn answer(
-        &mut self,
-        method: &str,
-        params: &Value,
-        reply_tx: &mpsc::Sender<Reply>,
-        id: Option<u64>,
-    ) -> Result<Answer, ApiError> {
-        match method {
-            "members" => Ok(Answer::Now(
-                "members",
-                json!({ "members": self.members_json() }),
-            )),
-            "node_info" => Ok(Answer::Now("node_info", self.node_info())),
-            "leave" => {
-                self.leave();
-                Ok(Answer::Now("leaving", json!({})))
-            }
-            "shutdown" => {
-                self.stopping = Some(Stop::Now);
-                Ok(Answer::Now("shutting_down", json!({})))
-            }
-            "pod_create" => {
-                let name = pod_param(params, "name")?;
-                let parent = match params.get("parent") {
-                    None | Some(Value::Null) => None,
-                    Some(_) => Some(pod_param(params, "parent")?),
-                };
-                Ok(Answer::Local(LocalOp::CreatePod { name, parent }))
-            }
-            "pod_remove" => Ok(Answer::Local(LocalOp::RemovePod {
-                name: pod_param(params, "name")?,
-            })),
-            "pod_status" => {
-                let name = pod_param(params, "name")?;
-                match params.get("status") {
-                    None | Some(Value::Null) => {
-                        let record = self.local_pod(&name)?;
-                        Ok(Answer::Now(
-                            "pod",
-                            directory::record_json(self.node.mesh().name(), record),
-                        ))
-                    }
-                    Some(status) => {
-                        let status: PodStatus = status
-                            .as_str()
-                            .unwrap_or_default()
-                            .parse()
-                            .map_err(|e: podmesh_mesh::InvalidPod| invalid(e.to_string()))?;
-                        Ok(Answer::Local(LocalOp::SetStatus { name, status }))
-                    }
-                }
-            }
-            "list_pods" => {
-                let name = pod_param(params, "pod")?;
-                let record = self.local_pod(&name)?.clone();
-                let me = PodAddr::new(name, self.node.mesh().name().clone());
-                let pods = directory::visible(&me, &record, &self.directory());
-                Ok(Answer::Now(
-                    "pods",
-                    json!({ "pod": me.to_string(), "pods": pods }),
-                ))
-            }
-            "directory" => {
-                let pods: Vec<Value> = self
-                    .directory()
-                    .iter()
-                    .map(|(addr, entry)| directory::entry_json(addr, None, Some(entry)))
-                    .collect();
-                Ok(Answer::Now("directory", json!({ "pods": pods })))
-            }
-            "register_peer" | "unregister_peer" => {
-                let (pod, target) = self.pod_and_target(params)?;
-                Ok(Answer::Local(if method == "register_peer" {
-                    LocalOp::RegisterPeer { pod, target }
-                } else {
-                    LocalOp::UnregisterPeer { pod, target }
-                }))
-            }
-            "send_to_peer" => {
-                let body = params
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid("missing string parameter \"message\""))?
-                    .to_owned();
-                let pod = pod_param(params, "pod")?;
-                self.local_pod(&pod)?;
-                let name = str_param(params, "name")?;
-                let target = directory::resolve(name, self.node.mesh().name(), &self.directory())?;
-                Ok(Answer::Local(LocalOp::Send {
-                    pod,
-                    target,
-                    body,
-                    // Decided by the node (`Node::pod_live`), one rule with the simulator.
-                    live: false,
-                }))
-            }
-            "inbox" => {
-                let pod = pod_param(params, "pod")?;
-                let drain = params
-                    .get("drain")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                Ok(Answer::Local(LocalOp::Inbox { pod, drain }))
-            }
-            "attach" => {
-                let pod = pod_param(params, "pod")?;
-                let record = self.local_pod(&pod)?.clone();
-                // The prelude: buffered alerts, then exactly one snapshot, then live events.
-                for alert in self.alerts.remove(&pod).unwrap_or_default() {
-                    let mut alert = alert;
-                    alert.data = json!({ "event": alert.event, "data": alert.data });
-                    alert.event = "alert".to_owned();
-                    let _ = reply_tx.try_send(alert);
-                }
-                let me = PodAddr::new(pod.clone(), self.node.mesh().name().clone());
-                let snapshot = json!({
-                    "pod": directory::record_json(self.node.mesh().name(), &record),
-                    "pods": directory::visible(&me, &record, &self.directory()),
-                    "members": self.members_json(),
-                });
-                let _ = reply_tx.try_send(Reply::ok(id, "snapshot", snapshot));
-                self.attached.entry(pod).or_default().push(reply_tx.clone());
-                Ok(Answer::Sent)
-            }
-            "watch" => {
-                self.watchers.retain(|tx| !tx.is_closed());
-                self.watchers.push(reply_tx.clone());
-                Ok(Answer::Now(
-                    "watching",
-                    json!({ "members": self.members_json() }),
-                ))
-            }
-            other => Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("unknown method {other:?}"),
-            )),
-        }
-    }
-
-    /// The Pod and the resolved target of a peer request, checked in the documented order.
-    fn pod_and_target(&self, params: &Value) -> Result<(PodName, PodAddr), ApiError> {
-        let pod = pod_param(params, "pod")?;
-        if let Some(record) = self.node.peers().pod(&pod)
-            && !matches!(record.status, PodStatus::Idle | PodStatus::Paused)
-        {
-            return Err(ApiError::new(
-                ErrorCode::AlreadyRunning,
-                format!(
-                    "pod {pod} is {}; peers change only while idle or paused",
-                    record.status.as_str()
-                ),
-            ));
-        }
-        let name = str_param(params, "name")?;
-        let target = directory::resolve(name, self.node.mesh().name(), &self.directory())?;
-        Ok((pod, target))
-    }
-
-    fn local_pod(&self, name: &PodName) -> Result<&PodRecord, ApiError> {
-        self.node
-            .peers()
-            .pod(name)
-            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("pod {name} not found")))
-    }
-
-    /// Every Pod this node knows: its own, and those gossiped by live or dead members.
-    fn directory(&self) -> Directory {
-        let me = self.node.mesh().name().clone();
-        let states: BTreeMap<NodeName, MemberState> = self
-            .node
-            .mesh()
-            .members()
-            .into_iter()
-            .map(|m| (m.name, m.state))
-            .collect();
-        let mut directory = Directory::new();
-        for entry in self.node.mesh().entries() {
-            let Some(value) = entry.value else { continue };
-            if !entry.key.starts_with(POD_STATE_PREFIX) || *entry.owner == me {
-                continue;
-            }
-            let Ok(record) = PodRecord::decode(value) else {
-                continue;
-            };
-            let updated = self
-                .updated_at
-                .get(&(entry.owner.clone(), entry.key.to_owned()))
-                .copied()
-                .unwrap_or(Time::ZERO);
-            directory.insert(
-                PodAddr::new(record.name.clone(), entry.owner.clone()),
-                DirectoryEntry {
-                    node_state: states
-                        .get(entry.owner)
-                        .copied()
-                        .unwrap_or(MemberState::Dead),
-                    updated_at_ms: self.node.wall_ms(updated),
-                    record,
-                },
-            );
-        }
-        for record in self.node.peers().pods() {
-            let key = (me.clone(), PodRecord::state_key(&record.name));
-            let updated = self.updated_at.get(&key).copied().unwrap_or(Time::ZERO);
-            directory.insert(
-                PodAddr::new(record.name.clone(), me.clone()),
-                DirectoryEntry {
-                    record: record.clone(),
-                    node_state: MemberState::Alive,
-                    updated_at_ms: self.node.wall_ms(updated),
-                },
-            );
-        }
-        directory
-    }
-
-    fn local_reply_json(&self, id: Option<u64>, reply: LocalReply) -> Reply {
-        match reply {
-            LocalReply::Pod(record) => Reply::ok(
-                id,
-                "pod",
-                directory::record_json(self.node.mesh().name(), &record),
-            ),
-            LocalReply::Removed => Reply::ok(id, "removed", json!({})),
-            LocalReply::PeerRegistered { source, peer } => Reply::ok(
-                id,
-                "peer_registered",
-                json!({ "source": source.to_string(), "peer": peer.to_string() }),
-            ),
-            LocalReply::PeerUnregistered { source, peer } => Reply::ok(
-                id,
-                "peer_unregistered",
-                json!({ "source": source.to_string(), "peer": peer.to_string() }),
-            ),
-            LocalReply::Delivered { id: message } => {
-                Reply::ok(id, "delivered", json!({ "id": message.to_string() }))
-            }
-            LocalReply::Inbox(entries) => {
-                let messages: Vec<Value> = entries
-                    .iter()
-                    .map(|e| {
-                        json!({
-                            "from": e.from.to_string(),
-                            "message": e.body,
-                            "id": e.id.to_string(),
-                            "received_at": e.received_at_ms,
-                        })
-                    })
-                    .collect();
-                Reply::ok(id, "inbox", json!({ "messages": messages }))
-            }
-        }
-    }
-
-    fn members_json(&self) -> Vec<Value> {
-        let mut members = self.node.mesh().members();
-        members.sort_by(|a, b| a.name.cmp(&b.name));
-        members.iter().map(|m| self.member_json(m)).collect()
-    }
-
-    fn member_json(&self, member: &Member) -> Value {
-        json!({
-            "name": member.name.as_str(),
-            "address": member.addr.to_string(),
-            "state": member.state.as_str(),
-            "incarnation": member.incarnation,
-            "changed_at_ms": self.node.wall_ms(member.changed_at),
-            "local": member.name == *self.node.mesh().name(),
-        })
-    }
-
-    fn node_info(&self) -> Value {
-        let counters = self.node.mesh().counters();
-        let peers = self.node.peers().counters();
-        let stats = self.transport.stats();
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        json!({
-            "name": self.node.mesh().name().as_str(),
-            "mesh": self.mesh_name,
-            "address": self.node.mesh().addr().to_string(),
-            "incarnation": self.node.mesh().incarnation(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at_ms": self.clock.start_unix_ms,
-            "local_health": self.node.mesh().local_health(),
-            "connections": self.transport.connection_count(),
-            "pods": self.node.peers().pods().count(),
-            "handshakes_logged": self.node.peers().handshakes_logged(),
-            "members_persisted": self
-                .node
-                .mesh()
-                .store()
-                .scan(podmesh_mesh::Table::Members)
-                .map(|rows| rows.len())
-                .unwrap_or(0),
-            "counters": {
-                "datagrams_sent": counters.datagrams_sent,
-                "messages_sent": counters.messages_sent,
-                "datagrams_received": counters.datagrams_received,
-                "messages_received": counters.messages_received,
-                "bad_frames": counters.bad_frames + peers.bad_requests + peers.bad_responses,
-                "probes_failed": counters.probes_failed,
-                "deaths_declared": counters.deaths_declared,
-                "refutations": counters.refutations,
-                "identity_mismatches": peers.identity_mismatches,
-                "handshakes_committed": peers.handshakes_committed,
-                "handshakes_aborted": peers.handshakes_aborted,
-                "messages_delivered": peers.messages_delivered,
-                "duplicate_messages": peers.duplicates,
-                "store_write_failures": counters.store_write_failures + peers.store_write_failures,
-                "sends_dropped": load(&stats.sends_dropped),
-                "connect_failures": load(&stats.connect_failures),
-                "handshakes_refused": load(&stats.handshakes_refused),
-                "frames_too_large": load(&stats.frames_too_large),
-            },
-        })
-    }
-}
-
-/// How the actor answers a call.
-enum Answer {
-    /// Reply now with this event and data.
-    Now(&'static str, Value),
-    /// Already replied (the attach prelude).
-    Sent,
-    /// Run on the Peers machine; the reply comes with its output.
-    Local(LocalOp),
 }
 
 /// The kind of a peer request, for fault points and logs.
@@ -894,27 +532,6 @@ fn request_kind(bytes: &[u8]) -> Option<&'static str> {
         PeerRequest::Query { .. } => "query",
         PeerRequest::Deliver { .. } => "deliver",
     })
-}
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidRequest, message)
-}
-
-fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, ApiError> {
-    params
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(format!("missing string parameter {key:?}")))
-}
-
-fn pod_param(params: &Value, key: &str) -> Result<PodName, ApiError> {
-    str_param(params, key)?
-        .parse()
-        .map_err(|e: podmesh_mesh::InvalidPod| invalid(e.to_string()))
-}
-
-fn api_error(error: PeerError) -> ApiError {
-    ApiError::new(error.code, error.message)
 }
 
 fn destination(target: Target) -> Option<Destination> {
@@ -949,3 +566,9 @@ fn log_event(event: &Event) {
         Event::StateChanged { .. } => {}
     }
 }
+
+fn api_error(error: PeerError) -> ApiError {
+    ApiError::new(error.code, error.message)
+}
+
+mod local_api;
