@@ -1,9 +1,9 @@
 //! Persistence of membership (DESIGN section 6): a bounded sample of live members kept in the
-//! store, so a restarted node rejoins the mesh without seeds.
+//! store, so a restarted node rejoins the mesh without seeds, also after a graceful leave.
 
 use super::Mesh;
 use crate::NodeName;
-use crate::codec;
+use crate::codec::{self, MemberState};
 use crate::store::{Store, Table, WriteBatch};
 
 impl<S: Store> Mesh<S> {
@@ -16,9 +16,12 @@ impl<S: Store> Mesh<S> {
 
     /// Keeps a sample of up to `members_persisted_max` live members in the store, so a
     /// restarted node can rejoin through them: records that changed are rewritten, members that
-    /// died or left are deleted, and random live members fill the free places. The first write
-    /// once connected replaces the previous life's records wholesale. The cost follows churn
-    /// among the sampled members, not N.
+    /// died are deleted, and random live members fill the free places. A member that left
+    /// stays until its tombstone is collected: a graceful leave is how a node stops for a
+    /// restart or maintenance, and when every node of a small mesh was stopped that way, the
+    /// members that left are the only way back in. The first write once connected replaces the
+    /// previous life's records wholesale. The cost follows churn among the sampled members, not
+    /// N.
     pub(super) fn persist_members(&mut self) {
         if self.full_rewrite && self.members.live_len() == 0 {
             // Keep the previous life's members: they are the way back in.
@@ -33,7 +36,8 @@ impl<S: Store> Mesh<S> {
         }
         let (mut written, mut deleted) = (Vec::new(), Vec::new());
         for name in &self.dirty {
-            match self.members.get(name).filter(|m| m.state.is_live()) {
+            let kept = |state: MemberState| state.is_live() || state == MemberState::Left;
+            match self.members.get(name).filter(|m| kept(m.state)) {
                 Some(m) => {
                     batch.put(
                         Table::Members,

@@ -1274,6 +1274,55 @@ fn the_store_keeps_a_bounded_sample_of_live_members_and_refills_it() {
 }
 
 #[test]
+fn a_member_that_left_stays_stored_until_its_tombstone_is_collected() {
+    // A graceful leave keeps the member as a way back in after a restart; collection ends it.
+    let config = Config {
+        persist_interval: Duration::from_secs(1),
+        rejoin_fanout: 2,
+        members_persisted_max: 3,
+        ..Config::lan()
+    };
+    let ttl = config.tombstone_ttl;
+    let mut mesh = lone(config);
+    let stored = |mesh: &Mesh<MemStore>| -> Vec<MemberRecord> {
+        let rows = mesh.store().scan(Table::Members).unwrap();
+        rows.iter()
+            .map(|(_, v)| codec::decode_member(v).unwrap())
+            .collect()
+    };
+    feed(
+        &mut mesh,
+        1,
+        gossip((1..=3).map(|i| alive(i, 1)).collect()),
+        Time::ZERO,
+    );
+    mesh.handle_timeout(Time::from_secs(1));
+    assert_eq!(stored(&mesh).len(), 3);
+
+    let left = Update::Left {
+        name: name(2),
+        incarnation: 1,
+    };
+    feed(&mut mesh, 1, gossip(vec![left]), Time::from_secs(1));
+    mesh.handle_timeout(Time::from_secs(2));
+    let after_leave = stored(&mesh);
+    let record = after_leave.iter().find(|r| r.name == name(2));
+    assert_eq!(
+        record.map(|r| r.state),
+        Some(MemberState::Left),
+        "a member that left is dropped from the stored sample"
+    );
+
+    let collected = Time::from_secs(2) + ttl * 2;
+    mesh.handle_timeout(collected);
+    mesh.handle_timeout(collected + Duration::from_secs(1));
+    assert!(
+        stored(&mesh).iter().all(|r| r.name != name(2)),
+        "a collected tombstone stays stored"
+    );
+}
+
+#[test]
 fn a_refutation_is_persisted_so_a_restart_starts_above_it() {
     // An incarnation raised by refuting is written through, so the next life starts higher.
     let mut mesh = lone(Config::lan());
