@@ -208,6 +208,12 @@ pub struct Counters {
     pub tombstones_collected: u64,
     /// Connection losses reported by the transport.
     pub connections_lost: u64,
+    /// Direct probes (Pings) this node sent, one per protocol period with a target.
+    pub probes_sent: u64,
+    /// Indirect probes (PingReqs) this node sent, up to `indirect_checks` per missed Ack.
+    pub indirect_probes_sent: u64,
+    /// Members this node started to suspect (confirmations of a running suspicion excluded).
+    pub suspicions: u64,
     /// Probes of this node that ended without an Ack (each suspects its target).
     pub probes_failed: u64,
     /// Suspicions that timed out here, declaring a member dead.

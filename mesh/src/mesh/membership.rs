@@ -67,6 +67,7 @@ impl<S: Store> Mesh<S> {
             now + self.config.probe_timeout * stretch,
             Timer::ProbeTimeout { seq },
         );
+        self.counters.probes_sent += 1;
         self.send_datagram(
             to,
             Probe::Ping {
@@ -140,6 +141,7 @@ impl<S: Store> Mesh<S> {
             probe.intermediaries = chosen.iter().map(|(name, _)| name.clone()).collect();
         }
         for (name, addr) in chosen {
+            self.counters.indirect_probes_sent += 1;
             let ping_req = Probe::PingReq {
                 seq,
                 addr: self.addr,
@@ -404,6 +406,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Suspect;
         member.changed_at = now;
         member.suspicion = Some(Box::new(suspicion));
+        self.counters.suspicions += 1;
         self.next_token += 1;
         self.refresh_digest(&name);
         self.schedule(

@@ -337,6 +337,33 @@ fn crashed_member_goes_suspect_then_dead_within_the_formula_bound() {
 }
 
 #[test]
+fn probe_counters_count_pings_ping_reqs_and_new_suspicions() {
+    // The counters operators graph: every node pings, a crash costs PingReqs and suspicions.
+    let n = 5;
+    let config = Config::lan();
+    let mut net = Net::joined(n, config.clone());
+    let before: Vec<Counters> = (0..n).map(|i| net.mesh(i).counters()).collect();
+    net.crash(4);
+    net.run_for(config.probe_interval * 20);
+    let after: Vec<Counters> = (0..4).map(|i| net.mesh(i).counters()).collect();
+    for (i, c) in after.iter().enumerate() {
+        assert!(c.probes_sent > before[i].probes_sent, "n{i} sent no ping");
+    }
+    let ping_reqs: u64 = after.iter().map(|c| c.indirect_probes_sent).sum::<u64>()
+        - before[..4]
+            .iter()
+            .map(|c| c.indirect_probes_sent)
+            .sum::<u64>();
+    let suspicions: u64 = after.iter().map(|c| c.suspicions).sum::<u64>()
+        - before[..4].iter().map(|c| c.suspicions).sum::<u64>();
+    assert!(ping_reqs >= 1, "a missed ack asks for indirect probes");
+    assert!(
+        (1..=4).contains(&suspicions),
+        "each survivor suspects the crashed node at most once, got {suspicions}"
+    );
+}
+
+#[test]
 fn suspected_live_member_refutes_and_stays_alive() {
     // A member that was unreachable for a moment refutes the suspicion with a higher
     // incarnation and is never declared dead.
