@@ -97,6 +97,7 @@ pub struct MeshTls {
     mesh: MeshName,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    blocklist: Arc<BTreeSet<Fingerprint>>,
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -124,8 +125,9 @@ impl MeshTls {
     /// refusing peers whose certificate fingerprint is in `blocklist`.
     pub fn new(identity: &NodeIdentity, blocklist: BTreeSet<Fingerprint>) -> Result<Self> {
         let mesh = identity.claim.mesh.clone();
+        let blocklist = Arc::new(blocklist);
         let (client_verifier, server_verifier) =
-            verifiers(&identity.ca_certs, mesh.clone(), blocklist)?;
+            verifiers(&identity.ca_certs, mesh.clone(), blocklist.clone())?;
 
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -148,7 +150,22 @@ impl MeshTls {
             mesh,
             server: Arc::new(server),
             client: Arc::new(client),
+            blocklist,
         })
+    }
+
+    /// Whether the other side of `connection` authenticated with a certificate these
+    /// configurations refuse by fingerprint: what a reload with a longer blocklist must close.
+    pub fn refuses_peer(&self, connection: &quinn::Connection) -> bool {
+        let Some(identity) = connection.peer_identity() else {
+            return false;
+        };
+        let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
+            return false;
+        };
+        chain
+            .first()
+            .is_some_and(|leaf| self.blocklist.contains(&fingerprint(leaf)))
     }
 
     /// The mesh these configurations admit.
@@ -216,10 +233,9 @@ type Verifiers = (Arc<dyn ClientCertVerifier>, Arc<dyn ServerCertVerifier>);
 fn verifiers(
     ca_certs: &[CertificateDer<'static>],
     mesh: MeshName,
-    blocklist: BTreeSet<Fingerprint>,
+    blocklist: Arc<BTreeSet<Fingerprint>>,
 ) -> Result<Verifiers> {
     let roots = roots(ca_certs)?;
-    let blocklist = Arc::new(blocklist);
     let client_inner = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .build()
         .map_err(config_error)?;
@@ -385,7 +401,7 @@ pub fn verify_node_certificate(
         .first()
         .ok_or_else(|| Error::Malformed("the CA bundle holds no certificate".into()))?;
     let mesh = ca_mesh(first)?;
-    let (client, server) = verifiers(ca_certs, mesh.clone(), blocklist.clone())?;
+    let (client, server) = verifiers(ca_certs, mesh.clone(), Arc::new(blocklist.clone()))?;
     let now = UnixTime::now();
     client
         .verify_client_cert(cert, &[], now)

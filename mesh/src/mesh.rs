@@ -489,6 +489,18 @@ impl<S: Store> Mesh<S> {
                     self.enqueue(update);
                     // Push the news right away rather than waiting for the next gossip tick.
                     self.gossip_round(now);
+                    // A leave is how a node stops for a restart: store the members it knows
+                    // now, not at the next persist tick, which may never come.
+                    self.persist_members();
+                }
+                Ok(())
+            }
+            Command::Expel { node } => {
+                let known = self.members.get(&node).filter(|m| m.state.is_live());
+                if let Some(incarnation) = known.map(|m| m.incarnation) {
+                    self.counters.deaths_declared += 1;
+                    let me = self.me.clone();
+                    self.on_dead(node, incarnation, me, now);
                 }
                 Ok(())
             }

@@ -503,6 +503,11 @@ impl Peers {
         self.pods.get(name)
     }
 
+    /// Messages waiting in local Pod `pod`'s inbox.
+    pub fn inbox_len(&self, pod: &PodName) -> usize {
+        self.inboxes.get(pod).map_or(0, VecDeque::len)
+    }
+
     /// Handshakes this node coordinates or takes part in, still logged.
     pub fn handshakes_logged(&self) -> usize {
         self.coordinating.len() + self.participating.len()

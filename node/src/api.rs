@@ -116,4 +116,12 @@ mod tests {
         );
         assert_eq!(error.as_error().unwrap().code, ErrorCode::NotFound);
     }
+
+    #[test]
+    fn error_codes_are_spelled_as_they_serialize() {
+        // Metrics and logs use `as_str`; the wire uses serde: the two must never differ.
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
 }

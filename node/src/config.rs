@@ -39,8 +39,11 @@ pub struct NodeFile {
     pub join: Vec<String>,
     /// Membership timing preset.
     pub preset: Option<Preset>,
-    /// SHA-256 fingerprints of certificates to refuse.
+    /// SHA-256 fingerprints of certificates to refuse; re-read on SIGHUP and
+    /// `podmesh node reload`.
     pub blocklist: Vec<String>,
+    /// Where to serve Prometheus metrics at `/metrics` (host:port); default none.
+    pub metrics_listen: Option<String>,
 }
 
 impl NodeFile {
@@ -88,6 +91,9 @@ impl NodeFile {
         }
         if let Some(v) = env("PODMESH_BLOCKLIST") {
             self.blocklist = list(v);
+        }
+        if let Some(v) = env("PODMESH_METRICS_LISTEN") {
+            self.metrics_listen = Some(v);
         }
         Ok(())
     }

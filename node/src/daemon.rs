@@ -18,7 +18,7 @@ use podmesh_mesh::{
     Command, Config, Event, Input, Node, NodeOutput, PeerError, PeersConfig, PodEvent, PodName,
     Target, Time,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -26,7 +26,8 @@ use crate::api::{ApiError, REQUEST_QUEUE_LEN_MAX, Reply, SOCKET_FILE};
 use crate::api_server::{self, ApiCall};
 use crate::config::Preset;
 use crate::faults::Faults;
-use crate::store::RedbStore;
+use crate::metrics::{self, Metrics, Scrape, Snapshot};
+use crate::store::{OpenError, RedbStore};
 use crate::transport::{Channel, Destination, Inbound, Transport, TransportLimits};
 
 /// How long a leaving node keeps gossiping its `left` state before it exits.
@@ -36,6 +37,12 @@ pub const LEAVE_GRACE_MAX: Duration = Duration::from_secs(3);
 pub const ALERTS_MAX: usize = 64;
 /// Local API calls waiting for a handshake or delivery to finish.
 pub const PENDING_CALLS_MAX: usize = 1024;
+/// How long `node run` waits for the previous node on the same data directory to stop: a
+/// leaving node gossips for up to [`LEAVE_GRACE_MAX`], then closes its connections for up to
+/// 2 s, so a restart issued right after a stop still comes up.
+pub const DATA_DIR_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Scrapes of the metrics endpoint queued towards the actor.
+pub const SCRAPES_QUEUED_MAX: usize = 16;
 
 /// The words before the bound address in the line a node prints once it listens.
 const LISTENING: &str = "listening on";
@@ -94,7 +101,17 @@ pub struct NodeSettings {
     pub preset: Preset,
     /// Certificates refused by fingerprint.
     pub blocklist: BTreeSet<Fingerprint>,
+    /// Where to serve Prometheus metrics (`/metrics`); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Drop the members stored by a previous life before starting, so the node rejoins only
+    /// through `join`.
+    pub forget_members: bool,
 }
+
+/// Resolves the settings again, from the same flags, environment and file: what SIGHUP and
+/// `podmesh node reload` put in force (certificates and blocklist; other changes need a
+/// restart).
+pub type Reload = Box<dyn Fn() -> anyhow::Result<NodeSettings> + Send>;
 
 /// The daemon's one clock: monotonic time for the core, read once against wall time so that
 /// the core can tell people when things happened ([`Node::wall_ms`]).
@@ -158,8 +175,51 @@ fn random_seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Runs a node until it is told to stop (signal, `leave` or `shutdown`).
-pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
+/// Opens the store, waiting (at most [`DATA_DIR_WAIT_MAX`]) while a previous node on the same
+/// data directory is still stopping.
+async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
+    let mut waiting = false;
+    let wait = async {
+        loop {
+            match RedbStore::open(data_dir) {
+                Err(OpenError::InUse(_)) => {
+                    if !waiting {
+                        waiting = true;
+                        info!(
+                            data_dir = %data_dir.display(),
+                            "data directory in use; waiting up to {}s for the previous node to stop",
+                            DATA_DIR_WAIT_MAX.as_secs()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    };
+    match tokio::time::timeout(DATA_DIR_WAIT_MAX, wait).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(OpenError::InUse(data_dir.to_owned()).into()),
+    }
+}
+
+/// Deletes every stored member, so the node knows only its seeds (`--forget-members`).
+fn forget_members(store: &mut RedbStore) -> anyhow::Result<usize> {
+    use podmesh_mesh::{Store as _, Table, WriteBatch};
+    let rows = store.scan(Table::Members)?;
+    let mut batch = WriteBatch::new();
+    for (key, _) in &rows {
+        batch.delete(Table::Members, key.clone());
+    }
+    if !batch.is_empty() {
+        store.write(batch)?;
+    }
+    Ok(rows.len())
+}
+
+/// Runs a node until it is told to stop (signal, `leave` or `shutdown`). `reload` resolves the
+/// settings again for SIGHUP and `podmesh node reload`.
+pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     let identity = NodeIdentity::load(&settings.certs_dir)
         .with_context(|| format!("certificates in {}", settings.certs_dir.display()))?;
     let node = identity.claim.node.clone();
@@ -173,7 +233,18 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => crate::config::default_data_dir(node.as_str())?,
     };
-    let store = RedbStore::open(&data_dir)?;
+    let mut store = open_store(&data_dir).await?;
+    if settings.forget_members {
+        let forgotten = forget_members(&mut store)?;
+        info!(
+            forgotten,
+            "stored members dropped; joining only through the seeds"
+        );
+    }
+    let metrics_listener = match settings.metrics_listen {
+        Some(listen) => Some(metrics::bind(listen).await?),
+        None => None,
+    };
     let tls = MeshTls::new(&identity, settings.blocklist.clone())?;
     let limits = TransportLimits::default();
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.inbound_queue_len_max);
@@ -209,6 +280,13 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the local API socket {}", socket.display()))?;
     let (calls_tx, calls_rx) = mpsc::channel(REQUEST_QUEUE_LEN_MAX);
     let api_task = tokio::spawn(api_server::serve(listener, calls_tx));
+    let (scrape_tx, scrape_rx) = mpsc::channel(SCRAPES_QUEUED_MAX);
+    let metrics_task = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving metrics at http://{addr}/metrics");
+        }
+        tokio::spawn(metrics::serve(listener, scrape_tx))
+    });
 
     info!(
         node = %node, mesh = %identity.claim.mesh, listen = %bound, advertise = %advertise,
@@ -230,9 +308,18 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         alerts: BTreeMap::new(),
         updated_at: BTreeMap::new(),
         faults,
+        metrics: Metrics::new(),
+        sends: BTreeMap::new(),
+        reload,
+        certs_dir: settings.certs_dir.clone(),
     };
-    let result = actor.run(settings.join, inbound_rx, calls_rx).await;
+    let result = actor
+        .run(settings.join, inbound_rx, calls_rx, scrape_rx)
+        .await;
     api_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     transport.close().await;
     info!(node = %node, "node stopped");
@@ -253,6 +340,16 @@ enum Stop {
 struct PendingCall {
     id: Option<u64>,
     reply_tx: mpsc::Sender<Reply>,
+    /// When a `send_to_peer` started, for the delivery latency histogram.
+    send_started: Option<Time>,
+}
+
+/// A client of member (and, for `monitor`, Pod) events.
+#[derive(Debug)]
+struct Watcher {
+    tx: mpsc::Sender<Reply>,
+    /// Also every local Pod's events.
+    pods: bool,
 }
 
 struct Actor {
@@ -265,13 +362,18 @@ struct Actor {
     next_token: u64,
     /// Clients attached to each local Pod.
     attached: BTreeMap<PodName, Vec<mpsc::Sender<Reply>>>,
-    /// Clients that asked for member events only.
-    watchers: Vec<mpsc::Sender<Reply>>,
+    /// Clients that asked for member events (`watch`), and Pod events too (`monitor`).
+    watchers: Vec<Watcher>,
     /// Events for Pods nobody is attached to, replayed as alerts.
     alerts: BTreeMap<PodName, VecDeque<Reply>>,
     /// When each replicated key last changed here.
     updated_at: BTreeMap<(podmesh_mesh::NodeName, String), Time>,
     faults: Faults,
+    metrics: Metrics,
+    /// `send_to_peer` results, for the metrics.
+    sends: BTreeMap<&'static str, u64>,
+    reload: Reload,
+    certs_dir: PathBuf,
 }
 
 impl Actor {
@@ -280,10 +382,12 @@ impl Actor {
         seeds: Vec<SocketAddr>,
         mut inbound_rx: mpsc::Receiver<Inbound>,
         mut calls_rx: mpsc::Receiver<ApiCall>,
+        mut scrape_rx: mpsc::Receiver<Scrape>,
     ) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
 
         let now = self.clock.now();
         self.node
@@ -313,8 +417,16 @@ impl Actor {
                 () = sleep => {
                     self.node.handle_timeout(self.clock.now());
                 }
+                Some(scrape) = scrape_rx.recv() => {
+                    let _ = scrape.send(self.render_metrics());
+                }
                 _ = sigint.recv() => self.leave(),
                 _ = sigterm.recv() => self.leave(),
+                _ = sighup.recv() => {
+                    if let Err(e) = self.reload() {
+                        warn!(error = %e, "reload failed; the previous certificates and blocklist stay");
+                    }
+                }
             }
             self.flush();
         }
@@ -396,6 +508,9 @@ impl Actor {
                 NodeOutput::Request { rpc, to, bytes } => self.request(rpc, to, bytes),
                 NodeOutput::Reply { token, result } => {
                     if let Some(call) = self.pending.remove(&token) {
+                        if let Some(started) = call.send_started {
+                            self.count_send(started, &result);
+                        }
                         let reply = match result {
                             Ok(reply) => self.local_reply_json(call.id, reply),
                             Err(error) => Reply::error(call.id, &api_error(error)),
@@ -457,7 +572,8 @@ impl Actor {
             "member",
             json!({ "name": data.0.as_str(), "state": data.1, "incarnation": data.2 }),
         );
-        let mut targets: Vec<mpsc::Sender<Reply>> = self.watchers.clone();
+        let mut targets: Vec<mpsc::Sender<Reply>> =
+            self.watchers.iter().map(|w| w.tx.clone()).collect();
         targets.extend(self.attached.values().flatten().cloned());
         for tx in targets {
             let _ = tx.try_send(reply.clone());
@@ -504,6 +620,13 @@ impl Actor {
                 ),
             ),
         };
+        // Monitors see every Pod's events, named by Pod; one too slow to keep up is detached.
+        let mut tagged = reply.clone();
+        if let Value::Object(data) = &mut tagged.data {
+            data.insert("pod".to_owned(), json!(pod.as_str()));
+        }
+        self.watchers
+            .retain(|w| !w.pods || w.tx.try_send(tagged.clone()).is_ok());
         let clients = self.attached.entry(pod.clone()).or_default();
         // A client whose queue is full or gone is detached rather than silently skipped.
         clients.retain(|tx| tx.try_send(reply.clone()).is_ok());
@@ -514,6 +637,103 @@ impl Actor {
             }
             alerts.push_back(reply);
         }
+    }
+
+    /// Re-reads the certificates directory and the blocklist and puts them in force without a
+    /// restart: new connections use them, and connections of newly blocklisted certificates
+    /// are closed at once. Nothing changes when anything fails to load.
+    fn reload(&mut self) -> anyhow::Result<Value> {
+        let settings = (self.reload)()?;
+        if settings.certs_dir != self.certs_dir {
+            warn!(
+                certs_dir = %settings.certs_dir.display(),
+                "certs_dir changed; reloading from the directory the node started with"
+            );
+        }
+        let identity = NodeIdentity::load(&self.certs_dir)
+            .with_context(|| format!("certificates in {}", self.certs_dir.display()))?;
+        anyhow::ensure!(
+            identity.claim.node.as_str() == self.node.mesh().name().as_str(),
+            "the certificate in {} is for node {}, not {}",
+            self.certs_dir.display(),
+            identity.claim.node,
+            self.node.mesh().name()
+        );
+        let blocked = settings.blocklist.len();
+        let tls = MeshTls::new(&identity, settings.blocklist)?;
+        let refused = self.transport.reload(tls)?;
+        info!(
+            blocked,
+            refused = refused.len(),
+            "certificates and blocklist reloaded"
+        );
+        // A node this node now refuses is out of its mesh at once, not after a suspicion.
+        let now = self.clock.now();
+        for name in &refused {
+            let Ok(node) = mesh_name(name) else { continue };
+            warn!(member = %node, "expelled: its certificate is blocklisted");
+            let _ = self
+                .node
+                .handle(Input::Command(Command::Expel { node }), now);
+        }
+        let refused: Vec<&str> = refused.iter().map(|n| n.as_str()).collect();
+        Ok(json!({ "blocklisted": blocked, "expelled": refused }))
+    }
+
+    /// Counts a finished `send_to_peer` and times it when it was delivered.
+    fn count_send(&mut self, started: Time, result: &Result<podmesh_mesh::LocalReply, PeerError>) {
+        let outcome = match result {
+            Ok(_) => {
+                let took = self.clock.now().saturating_since(started);
+                self.metrics.observe_delivery(took);
+                "delivered"
+            }
+            Err(error) => error.code.as_str(),
+        };
+        *self.sends.entry(outcome).or_default() += 1;
+    }
+
+    /// The metrics text for one scrape.
+    fn render_metrics(&self) -> String {
+        let mesh = self.node.mesh();
+        let peers = self.node.peers();
+        let counters = mesh.counters();
+        let peer_counters = peers.counters();
+        let mut snapshot = Snapshot::default();
+        for member in mesh.members() {
+            *snapshot.members.entry(member.state.as_str()).or_default() += 1;
+        }
+        snapshot.local_health = u64::from(mesh.local_health());
+        snapshot.connections = self.transport.connection_count() as u64;
+        snapshot.counts = BTreeMap::from([
+            ("podmesh_probes", counters.probes_sent),
+            ("podmesh_indirect_probes", counters.indirect_probes_sent),
+            ("podmesh_suspicions", counters.suspicions),
+            ("podmesh_refutations", counters.refutations),
+            ("podmesh_deaths_declared", counters.deaths_declared),
+            (
+                "podmesh_bad_frames",
+                counters.bad_frames + peer_counters.bad_requests + peer_counters.bad_responses,
+            ),
+            (
+                "podmesh_store_write_failures",
+                counters.store_write_failures + peer_counters.store_write_failures,
+            ),
+        ]);
+        snapshot.handshakes = BTreeMap::from([
+            ("committed", peer_counters.handshakes_committed),
+            ("aborted", peer_counters.handshakes_aborted),
+        ]);
+        snapshot.received = BTreeMap::from([
+            ("stored", peer_counters.messages_delivered),
+            ("duplicate", peer_counters.duplicates),
+        ]);
+        snapshot.sends = self.sends.clone();
+        snapshot.inboxes = peers
+            .pods()
+            .map(|pod| (pod.name.to_string(), peers.inbox_len(&pod.name) as u64))
+            .collect();
+        self.metrics.render(&snapshot)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod directory;
 pub mod faults;
+pub mod metrics;
 pub mod store;
 pub mod transport;
 pub mod tui;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use podmesh_certs::{MeshTls, NodeName, ServerTarget};
@@ -135,14 +135,23 @@ struct Pooled {
 #[derive(Debug, Default)]
 struct Pool {
     by_name: HashMap<NodeName, Pooled>,
+    /// Every open connection, pooled or replaced by a newer one to the same node, by stable
+    /// id: what a reload checks against a new blocklist.
+    open: HashMap<usize, quinn::Connection>,
+}
+
+/// The TLS configuration in force: replaced whole by [`Transport::reload`].
+#[derive(Clone, Debug)]
+struct Tls {
+    mesh: MeshTls,
+    client: quinn::ClientConfig,
 }
 
 /// The QUIC transport of one node.
 #[derive(Clone, Debug)]
 pub struct Transport {
     endpoint: quinn::Endpoint,
-    tls: MeshTls,
-    client_config: quinn::ClientConfig,
+    tls: Arc<RwLock<Tls>>,
     pool: Arc<Mutex<Pool>>,
     /// Serialises dials per destination so two sends never open two connections.
     dialing: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>>,
@@ -188,8 +197,10 @@ impl Transport {
         })?;
         let transport = Self {
             endpoint,
-            tls,
-            client_config,
+            tls: Arc::new(RwLock::new(Tls {
+                mesh: tls,
+                client: client_config,
+            })),
             pool: Arc::default(),
             dialing: Arc::default(),
             inbound_tx,
@@ -199,6 +210,43 @@ impl Transport {
         };
         tokio::spawn(transport.clone().accept_loop());
         Ok(transport)
+    }
+
+    /// Puts renewed certificates, CA bundle or blocklist in force: new connections, in and
+    /// out, use `tls`, and every open connection whose peer `tls` refuses is closed at once.
+    /// Returns the nodes whose connections were closed.
+    pub fn reload(&self, tls: MeshTls) -> anyhow::Result<Vec<NodeName>> {
+        let mut server = tls.quinn_server()?;
+        server.transport_config(transport_config(&self.limits));
+        let mut client = tls.quinn_client()?;
+        client.transport_config(transport_config(&self.limits));
+        self.endpoint.set_server_config(Some(server));
+        let refused: Vec<quinn::Connection> = match self.pool.lock() {
+            Ok(pool) => pool
+                .open
+                .values()
+                .filter(|c| tls.refuses_peer(c))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Ok(mut current) = self.tls.write() {
+            *current = Tls { mesh: tls, client };
+        }
+        let mut names = Vec::new();
+        for connection in &refused {
+            if let Some(name) = self.mesh_tls().and_then(|t| t.peer_node(connection).ok()) {
+                names.push(name);
+            }
+            connection.close(2u32.into(), b"blocklisted");
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn mesh_tls(&self) -> Option<MeshTls> {
+        self.tls.read().ok().map(|tls| tls.mesh.clone())
     }
 
     /// The bound address.
@@ -311,10 +359,15 @@ impl Transport {
             Some(name) => ServerTarget::Node(name.clone()),
             None => ServerTarget::AnyNode,
         };
-        let server_name = self.tls.server_name(&target);
-        let connecting =
-            self.endpoint
-                .connect_with(self.client_config.clone(), to.addr, &server_name)?;
+        let tls = self
+            .tls
+            .read()
+            .map_err(|_| anyhow::anyhow!("the TLS configuration lock is poisoned"))?
+            .clone();
+        let server_name = tls.mesh.server_name(&target);
+        let connecting = self
+            .endpoint
+            .connect_with(tls.client, to.addr, &server_name)?;
         let connection = match tokio::time::timeout(self.limits.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => {
@@ -326,7 +379,7 @@ impl Transport {
                 anyhow::bail!("connecting to {} timed out", to.addr);
             }
         };
-        let name = self.tls.peer_node(&connection)?;
+        let name = tls.mesh.peer_node(&connection)?;
         self.adopt(name, connection.clone());
         Ok(connection)
     }
@@ -358,6 +411,7 @@ impl Transport {
                     oldest.connection.close(0u32.into(), b"pool full");
                 }
             }
+            pool.open.insert(connection.stable_id(), connection.clone());
             pool.by_name.insert(
                 name.clone(),
                 Pooled {
@@ -386,7 +440,10 @@ impl Transport {
                         return;
                     }
                 };
-                match transport.tls.peer_node(&connection) {
+                let Some(tls) = transport.mesh_tls() else {
+                    return;
+                };
+                match tls.peer_node(&connection) {
                     Ok(name) => transport.adopt(name, connection),
                     Err(e) => {
                         bump(&transport.stats.handshakes_refused);
@@ -475,13 +532,16 @@ impl Transport {
     /// Drops a closed connection from the pool and tells the actor when it was the node's last.
     async fn forget(&self, name: &NodeName, connection: &quinn::Connection) {
         let removed = match self.pool.lock() {
-            Ok(mut pool) => match pool.by_name.get(name) {
-                Some(p) if p.connection.stable_id() == connection.stable_id() => {
-                    pool.by_name.remove(name);
-                    true
+            Ok(mut pool) => {
+                pool.open.remove(&connection.stable_id());
+                match pool.by_name.get(name) {
+                    Some(p) if p.connection.stable_id() == connection.stable_id() => {
+                        pool.by_name.remove(name);
+                        true
+                    }
+                    _ => false,
                 }
-                _ => false,
-            },
+            }
             Err(_) => false,
         };
         if removed {

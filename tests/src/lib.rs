@@ -105,6 +105,8 @@ pub struct Node {
     pub advertise: Option<SocketAddr>,
     /// Its log file (stderr).
     pub log: PathBuf,
+    /// Extra `node run` arguments it was started with, used again by restarts.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -129,6 +131,8 @@ pub struct Cluster {
     /// The mesh CA directory.
     pub ca_dir: PathBuf,
     nodes: BTreeMap<String, Node>,
+    /// Processes replaced by a restart while still stopping, reaped on drop.
+    stopping: Vec<Child>,
 }
 
 impl Cluster {
@@ -142,6 +146,7 @@ impl Cluster {
             dir,
             ca_dir,
             nodes: BTreeMap::new(),
+            stopping: Vec::new(),
         })
     }
 
@@ -182,6 +187,25 @@ impl Cluster {
     ) -> anyhow::Result<SocketAddr> {
         let certs_dir = self.issue(name, None)?;
         self.spawn_with(name, certs_dir, "127.0.0.1:0".parse()?, join, env)
+    }
+
+    /// Starts node `name` with extra `node run` arguments (kept for its restarts).
+    pub fn start_args(
+        &mut self,
+        name: &str,
+        join: &[SocketAddr],
+        args: &[String],
+    ) -> anyhow::Result<SocketAddr> {
+        let certs_dir = self.issue(name, None)?;
+        self.launch_args(
+            name,
+            certs_dir,
+            "127.0.0.1:0".parse()?,
+            None,
+            join,
+            &[],
+            args,
+        )
     }
 
     /// Starts a node with certificates from `certs_dir` (possibly of another CA).
@@ -241,6 +265,23 @@ impl Cluster {
         join: &[SocketAddr],
         env: &[(&str, &str)],
     ) -> anyhow::Result<SocketAddr> {
+        self.launch_args(name, certs_dir, listen, advertise, join, env, &[])
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "every start input of a node process"
+    )]
+    fn launch_args(
+        &mut self,
+        name: &str,
+        certs_dir: PathBuf,
+        listen: SocketAddr,
+        advertise: Option<SocketAddr>,
+        join: &[SocketAddr],
+        env: &[(&str, &str)],
+        args: &[String],
+    ) -> anyhow::Result<SocketAddr> {
         let node_dir = self.dir.path().join(name);
         let data_dir = node_dir.join("data");
         std::fs::create_dir_all(&node_dir)?;
@@ -267,6 +308,7 @@ impl Cluster {
         if let Some(advertise) = advertise {
             command.args(["--advertise", &advertise.to_string()]);
         }
+        command.args(args);
         let mut child = command.spawn().context("spawning podmesh node run")?;
         let addr = podmesh::daemon::wait_until_listening(&mut child, START_TIMEOUT).with_context(
             || {
@@ -285,6 +327,7 @@ impl Cluster {
                 addr,
                 advertise,
                 log,
+                args: args.to_vec(),
                 child: Some(child),
             },
         );
@@ -318,11 +361,29 @@ impl Cluster {
     pub fn restart(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
         self.kill(name);
         // A process that crashed by itself is reaped by kill() above; start afresh.
-        let (certs_dir, addr, advertise) = {
+        self.relaunch(name, join)
+    }
+
+    /// Starts `name` again right away on its old address and data directory, without waiting
+    /// for a previous process that is still stopping (it is reaped when the cluster drops).
+    pub fn restart_now(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
+        if let Some(child) = self.node(name).child.take() {
+            self.stopping.push(child);
+        }
+        self.relaunch(name, join)
+    }
+
+    fn relaunch(&mut self, name: &str, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
+        let (certs_dir, addr, advertise, args) = {
             let node = self.node(name);
-            (node.certs_dir.clone(), node.addr, node.advertise)
+            (
+                node.certs_dir.clone(),
+                node.addr,
+                node.advertise,
+                node.args.clone(),
+            )
         };
-        self.launch(name, certs_dir, addr, advertise, join, &[])
+        self.launch_args(name, certs_dir, addr, advertise, join, &[], &args)
     }
 
     /// Waits for `name`'s process to exit by itself and returns whether it exited cleanly.
@@ -400,11 +461,14 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        let children = self
+            .nodes
+            .values_mut()
+            .filter_map(|node| node.child.take())
+            .chain(self.stopping.drain(..));
+        for mut child in children.collect::<Vec<_>>() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

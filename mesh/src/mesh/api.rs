@@ -70,6 +70,13 @@ pub enum Command {
         /// The key.
         key: String,
     },
+    /// This node's operator refuses `node` (its certificate was just blocklisted): declare it
+    /// dead here at once, at the incarnation known for it, and gossip the verdict, rather than
+    /// wait for failed probes to run a suspicion out. Unknown or departed members are left alone.
+    Expel {
+        /// The refused member.
+        node: NodeName,
+    },
 }
 
 /// Something the driver must do, from [`Mesh::poll_output`](crate::Mesh::poll_output).

@@ -473,6 +473,51 @@ fn left_is_not_dead() {
     ));
 }
 
+#[test]
+fn a_leave_stores_the_members_known_at_once() {
+    // A node stopped right after it joined must still find its mesh again after a restart.
+    let n = 3;
+    let config = Config {
+        persist_interval: Duration::from_secs(3600),
+        ..Config::lan()
+    };
+    let mut net = Net::joined(n, config);
+    let leaver = 2;
+    let stored = |net: &Net| net.mesh(leaver).store().scan(Table::Members).unwrap().len();
+    assert_eq!(stored(&net), 0, "the periodic persist ran early");
+    net.command(leaver, Command::Leave);
+    assert_eq!(stored(&net), n - 1);
+}
+
+#[test]
+fn an_expelled_member_is_dead_here_at_once_and_the_verdict_spreads() {
+    // A node blocklisted everywhere leaves this node's view now, and the others hear of it by
+    // gossip, long before their own probes would run a suspicion out.
+    let n = 4;
+    let mut net = Net::joined(n, Config::lan());
+    let expelled = 3;
+    net.partition(&[0, 1, 2], &[expelled]);
+    net.command(
+        0,
+        Command::Expel {
+            node: name(expelled),
+        },
+    );
+    assert_eq!(net.state(0, expelled), Some(MemberState::Dead));
+    assert_eq!(net.mesh(0).counters().deaths_declared, 1);
+    let heard = net.run_until_true(Duration::from_millis(500), |net| {
+        (1..3).all(|i| net.state(i, expelled) == Some(MemberState::Dead))
+    });
+    assert!(heard.is_some(), "the verdict did not spread");
+    net.command(
+        0,
+        Command::Expel {
+            node: "stranger".parse().unwrap(),
+        },
+    );
+    assert_eq!(net.mesh(0).counters().deaths_declared, 1);
+}
+
 /// Times at which `node` sent a Ping of its own (not a relayed one) to anyone.
 fn ping_times(net: &Net, node: usize) -> Vec<Time> {
     net.log

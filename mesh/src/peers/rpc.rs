@@ -35,6 +35,34 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// Every code, for listings and tests.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::AlreadyRunning,
+        ErrorCode::NotFound,
+        ErrorCode::NotLive,
+        ErrorCode::Unreachable,
+        ErrorCode::Busy,
+        ErrorCode::InboxFull,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as the local API spells it (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::AlreadyRunning => "already_running",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NotLive => "not_live",
+            ErrorCode::Unreachable => "unreachable",
+            ErrorCode::Busy => "busy",
+            ErrorCode::InboxFull => "inbox_full",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
 /// A refused or failed Pod operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{message}")]

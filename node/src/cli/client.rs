@@ -195,3 +195,96 @@ pub(crate) fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct ReloadArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Asks a node to re-read its certificates and blocklist, as SIGHUP does.
+pub(crate) fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
+    let data = args.target.call("reload", json!({}))?;
+    if args.target.json {
+        println!("{data}");
+    } else {
+        let expelled: Vec<&str> = data["expelled"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "reloaded: {} certificates blocklisted; expelled: {}",
+            data["blocklisted"],
+            if expelled.is_empty() {
+                "none".to_owned()
+            } else {
+                expelled.join(", ")
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MonitorArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Streams membership and Pod events until the node stops or the user interrupts.
+pub(crate) fn monitor(args: MonitorArgs) -> anyhow::Result<ExitCode> {
+    let socket = args.target.socket()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut client = Client::connect(&socket).await?;
+        let first = client.call("monitor", json!({})).await?;
+        if !args.target.json {
+            let count = first.data["members"].as_array().map_or(0, Vec::len);
+            println!("monitoring {count} members; Ctrl-C to stop");
+        }
+        loop {
+            let event = match client.next_event().await {
+                Ok(event) => event,
+                Err(e) => {
+                    if !args.target.json {
+                        println!("the node closed the connection ({e})");
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            if args.target.json {
+                let line = json!({ "event": event.event, "data": event.data });
+                println!("{line}");
+            } else {
+                println!("{}", describe(&event.event, &event.data));
+            }
+        }
+    })
+}
+
+/// One monitor event as a line of text.
+fn describe(event: &str, data: &Value) -> String {
+    let text = |key: &str| data[key].as_str().unwrap_or("?").to_owned();
+    match event {
+        "member" => format!(
+            "member {} {} (incarnation {})",
+            text("name"),
+            text("state"),
+            data["incarnation"]
+        ),
+        "peer_registered" => format!("peer registered: {} <-> {}", text("source"), text("peer")),
+        "peer_unregistered" => {
+            format!("peer unregistered: {} <-> {}", text("source"), text("peer"))
+        }
+        "notification" => format!(
+            "message for {} from {}: {}",
+            text("pod"),
+            text("from"),
+            text("message")
+        ),
+        "status" => format!("pod {} is {}", text("pod"), text("status")),
+        other => format!("{other} {data}"),
+    }
+}

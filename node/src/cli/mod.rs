@@ -53,6 +53,16 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Make a node leave the mesh gracefully (others see it as `left`, not dead) and stop.
     Leave(client::LeaveArgs),
+    /// Stream membership and Pod events as they happen (`--json`: one object a line).
+    Monitor(client::MonitorArgs),
+    /// Print a shell completion script, e.g. `podmesh completions bash > /etc/bash_completion.d/podmesh`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +71,9 @@ enum NodeCommand {
     Run(node::RunArgs),
     /// Show a running node's name, mesh, address, incarnation, version and counters.
     Info(client::InfoArgs),
+    /// Make a running node re-read its certificates and blocklist without a restart (as
+    /// SIGHUP does): new connections use them, blocklisted peers are disconnected at once.
+    Reload(client::ReloadArgs),
 }
 
 /// Runs a parsed command line; errors are printed by `main` as one line.
@@ -69,6 +82,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(command) => certs::run(command),
         Command::Node(NodeCommand::Run(args)) => node::run(args),
         Command::Node(NodeCommand::Info(args)) => client::info(args),
+        Command::Node(NodeCommand::Reload(args)) => client::reload(args),
         Command::Members(args) => client::members(args),
         Command::Pods(args) => pods::pods(args),
         Command::Pod(command) => pods::pod(command),
@@ -81,5 +95,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Api(args) => client::api(args),
         Command::Tui(args) => tui::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Monitor(args) => client::monitor(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(args.shell, &mut command, "podmesh", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use podmesh::config::{DEFAULT_LISTEN, NodeFile, Preset, resolve};
 use podmesh::daemon::{self, NodeSettings};
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub(crate) struct RunArgs {
     /// A TOML file with any of the settings below (flags and PODMESH_* variables override it).
     #[arg(long, value_name = "FILE")]
@@ -31,18 +31,28 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
     /// Seed node to join through, host:port (repeatable) [env: PODMESH_JOIN, comma-separated].
-    /// Without seeds a restarted node rejoins the members it last knew.
+    /// Without seeds a restarted node rejoins the members it last knew, also after it left
+    /// gracefully; to keep it out of its old mesh, start it with --forget-members.
     #[arg(long = "join", value_name = "ADDR")]
     join: Vec<String>,
+    /// Drop the members stored by the previous run before starting: the node then joins only
+    /// through --join, and stays alone without it.
+    #[arg(long)]
+    forget_members: bool,
     /// Membership timing preset [default: lan] [env: PODMESH_PRESET].
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// SHA-256 fingerprint of a certificate to refuse (repeatable) [env: PODMESH_BLOCKLIST].
+    /// SIGHUP or `podmesh node reload` re-reads the blocklist and the certificates directory.
     #[arg(long = "block", value_name = "SHA256")]
     blocklist: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [env: PODMESH_METRICS_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
-fn settings(args: RunArgs) -> anyhow::Result<NodeSettings> {
+fn settings(args: &RunArgs) -> anyhow::Result<NodeSettings> {
+    let args = args.clone();
     let mut file = match &args.config {
         Some(path) => NodeFile::load(path)?,
         None => NodeFile::default(),
@@ -72,6 +82,9 @@ fn settings(args: RunArgs) -> anyhow::Result<NodeSettings> {
     if !args.blocklist.is_empty() {
         file.blocklist = args.blocklist;
     }
+    if args.metrics_listen.is_some() {
+        file.metrics_listen = args.metrics_listen;
+    }
     let certs_dir = file.certs_dir.ok_or_else(|| {
         anyhow::anyhow!("no certificates: give --certs-dir (or certs_dir in --config)")
     })?;
@@ -91,6 +104,11 @@ fn settings(args: RunArgs) -> anyhow::Result<NodeSettings> {
         .iter()
         .map(|f| f.parse())
         .collect::<Result<BTreeSet<_>, _>>()?;
+    let metrics_listen = file
+        .metrics_listen
+        .as_deref()
+        .map(|a| resolve("--metrics-listen", a))
+        .transpose()?;
     Ok(NodeSettings {
         certs_dir,
         expected_name: file.name,
@@ -100,11 +118,15 @@ fn settings(args: RunArgs) -> anyhow::Result<NodeSettings> {
         join,
         preset: file.preset.unwrap_or_default(),
         blocklist,
+        metrics_listen,
+        forget_members: args.forget_members,
     })
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let settings = settings(args)?;
+    let resolved = settings(&args)?;
+    // SIGHUP and `podmesh node reload` resolve the same flags, environment and file again.
+    let reload: daemon::Reload = Box::new(move || settings(&args));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -116,6 +138,6 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(settings))?;
+    runtime.block_on(daemon::run(resolved, reload))?;
     Ok(ExitCode::SUCCESS)
 }

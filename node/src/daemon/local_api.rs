@@ -11,7 +11,7 @@ use podmesh_mesh::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Actor, PENDING_CALLS_MAX, PendingCall, Stop};
+use super::{Actor, PENDING_CALLS_MAX, PendingCall, Stop, Watcher};
 use crate::api::{ApiError, ErrorCode, Reply};
 use crate::api_server::ApiCall;
 use crate::directory::{self, Directory, DirectoryEntry};
@@ -38,6 +38,7 @@ impl Actor {
                     PendingCall {
                         id,
                         reply_tx: call.reply_tx,
+                        send_started: matches!(op, LocalOp::Send { .. }).then(|| self.clock.now()),
                     },
                 );
                 let now = self.clock.now();
@@ -173,14 +174,22 @@ impl Actor {
                 self.attached.entry(pod).or_default().push(reply_tx.clone());
                 Ok(Answer::Sent)
             }
-            "watch" => {
-                self.watchers.retain(|tx| !tx.is_closed());
-                self.watchers.push(reply_tx.clone());
+            "watch" | "monitor" => {
+                self.watchers.retain(|w| !w.tx.is_closed());
+                let pods = method == "monitor";
+                self.watchers.push(Watcher {
+                    tx: reply_tx.clone(),
+                    pods,
+                });
                 Ok(Answer::Now(
-                    "watching",
+                    if pods { "monitoring" } else { "watching" },
                     json!({ "members": self.members_json() }),
                 ))
             }
+            "reload" => match self.reload() {
+                Ok(data) => Ok(Answer::Now("reloaded", data)),
+                Err(e) => Err(ApiError::new(ErrorCode::InvalidRequest, format!("{e:#}"))),
+            },
             other => Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("unknown method {other:?}"),

@@ -1,0 +1,260 @@
+//! What an operator relies on, with real processes: metrics, stop and restart as systemd does
+//! them, reloading a blocklist without a restart, and the event monitor.
+
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use podmesh_tests::{Cluster, podmesh, podmesh_bin, wait_for};
+use serde_json::json;
+
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `GET /metrics` with a plain TCP client, as a scraper would.
+fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: podmesh\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.starts_with("HTTP/1.1 200").then_some(response)
+}
+
+fn all_alive(cluster: &mut Cluster, node: &str, count: usize) -> bool {
+    cluster
+        .members(node)
+        .is_ok_and(|m| m.len() == count && m.values().all(|(state, _)| state == "alive"))
+}
+
+#[test]
+fn metrics_show_the_members_of_a_two_node_mesh() {
+    // `podmesh_members{state="alive"} 2` once two nodes see each other, in Prometheus text.
+    let mut cluster = Cluster::new("ops").unwrap();
+    let metrics = free_port();
+    let seed = cluster
+        .start_args("n1", &[], &["--metrics-listen".into(), metrics.to_string()])
+        .unwrap();
+    cluster.start("n2", &[seed]).unwrap();
+    let text = wait_for(SETTLE_MAX, || {
+        scrape(metrics).filter(|t| t.contains("podmesh_members{state=\"alive\"} 2\n"))
+    });
+    let text = text.unwrap_or_else(|| panic!("no two alive members in {:?}", scrape(metrics)));
+    assert!(
+        text.contains("Content-Type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    for name in [
+        "podmesh_probes_total",
+        "podmesh_local_health",
+        "podmesh_connections",
+        "podmesh_delivery_seconds_bucket",
+        "podmesh_bad_frames_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+}
+
+#[test]
+fn nodes_stopped_by_sigterm_find_each_other_again_without_seeds() {
+    // systemd stops with SIGTERM (a graceful leave); both come back with no --join.
+    let mut cluster = Cluster::new("ops").unwrap();
+    let seed = cluster.start("n1", &[]).unwrap();
+    cluster.start("n2", &[seed]).unwrap();
+    assert!(
+        wait_for(SETTLE_MAX, || all_alive(&mut cluster, "n2", 2)
+            .then_some(()))
+        .is_some()
+    );
+    for node in ["n1", "n2"] {
+        cluster.terminate(node).unwrap();
+        assert_eq!(
+            cluster.wait_exit(node, SETTLE_MAX),
+            Some(true),
+            "{node} did not stop"
+        );
+    }
+    cluster.restart("n1", &[]).unwrap();
+    cluster.restart("n2", &[]).unwrap();
+    let back = wait_for(SETTLE_MAX, || {
+        (all_alive(&mut cluster, "n1", 2) && all_alive(&mut cluster, "n2", 2)).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "after a restart without seeds: n1 {:?}, n2 {:?}",
+        cluster.members("n1"),
+        cluster.members("n2")
+    );
+}
+
+#[test]
+fn a_restart_right_after_sigterm_waits_for_the_stopping_node() {
+    // The new process finds the data directory still locked and waits instead of failing.
+    let mut cluster = Cluster::new("ops").unwrap();
+    let seed = cluster.start("n1", &[]).unwrap();
+    cluster.start("n2", &[seed]).unwrap();
+    assert!(
+        wait_for(SETTLE_MAX, || all_alive(&mut cluster, "n1", 2)
+            .then_some(()))
+        .is_some()
+    );
+    cluster.terminate("n2").unwrap();
+    cluster.restart_now("n2", &[]).unwrap();
+    let back = wait_for(SETTLE_MAX, || {
+        all_alive(&mut cluster, "n1", 2).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "n2 did not come back: {}",
+        cluster.log("n2")
+    );
+}
+
+#[test]
+fn a_blocklisted_certificate_is_removed_by_sighup_without_a_restart() {
+    // Add n2's fingerprint to n1's config file, SIGHUP n1: n1 closes and refuses n2, which then
+    // dies in n1's view within the membership bound, while n1 keeps running.
+    let mut cluster = Cluster::new("ops").unwrap();
+    let config = cluster.dir().join("n1.toml");
+    std::fs::write(&config, "blocklist = []\n").unwrap();
+    let seed = cluster
+        .start_args(
+            "n1",
+            &[],
+            &["--config".into(), config.display().to_string()],
+        )
+        .unwrap();
+    cluster.start("n2", &[seed]).unwrap();
+    assert!(
+        wait_for(SETTLE_MAX, || all_alive(&mut cluster, "n1", 2)
+            .then_some(()))
+        .is_some()
+    );
+
+    let cert = cluster.node("n2").certs_dir.join("node.crt");
+    let shown = podmesh(&["certs", "show", &cert.display().to_string(), "--json"]).unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let fingerprint = shown[0]["sha256"].as_str().unwrap().to_owned();
+    std::fs::write(&config, format!("blocklist = [\"{fingerprint}\"]\n")).unwrap();
+    let pid = cluster.node("n1").pid().unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let sent = std::time::Instant::now();
+
+    let dead = wait_for(SETTLE_MAX, || {
+        let members = cluster.members("n1").ok()?;
+        (members.get("n2")?.0 == "dead").then_some(())
+    });
+    assert!(
+        dead.is_some(),
+        "n2 still in n1's mesh: {:?}",
+        cluster.members("n1")
+    );
+    eprintln!("n2 dead in n1's view {:?} after SIGHUP", sent.elapsed());
+    // Refused in the TLS handshake, n2 cannot refute its way back in.
+    let back = wait_for(Duration::from_secs(3), || {
+        let members = cluster.members("n1").ok()?;
+        (members.get("n2")?.0 == "alive").then_some(())
+    });
+    assert!(back.is_none(), "the blocklisted node came back");
+    assert!(cluster.node("n1").is_running(), "SIGHUP stopped the node");
+    assert_eq!(cluster.node("n1").pid(), Some(pid));
+    let log = cluster.log("n1");
+    assert!(log.contains("certificates and blocklist reloaded"), "{log}");
+}
+
+#[test]
+fn node_reload_reports_a_bad_blocklist_and_keeps_the_old_one() {
+    // A reload that cannot load changes nothing and says why.
+    let mut cluster = Cluster::new("ops").unwrap();
+    let config = cluster.dir().join("n1.toml");
+    std::fs::write(&config, "blocklist = []\n").unwrap();
+    cluster
+        .start_args(
+            "n1",
+            &[],
+            &["--config".into(), config.display().to_string()],
+        )
+        .unwrap();
+    let reloaded = cluster.cli_json("n1", &["node", "reload"]).unwrap();
+    assert_eq!(reloaded["blocklisted"], 0);
+    assert_eq!(reloaded["expelled"], json!([]));
+    std::fs::write(&config, "blocklist = [\"not-a-fingerprint\"]\n").unwrap();
+    let refused = cluster.api("n1", "reload", json!({})).unwrap();
+    let (code, message) = refused.unwrap_err();
+    assert_eq!(code, "invalid_request");
+    assert!(message.contains("fingerprint"), "{message}");
+    assert!(cluster.node("n1").is_running());
+}
+
+#[test]
+fn monitor_streams_member_and_pod_events_as_json_lines() {
+    // `podmesh monitor --json`: one object a line, members and every local Pod's events.
+    let mut cluster = Cluster::new("ops").unwrap();
+    let seed = cluster.start("n1", &[]).unwrap();
+    let data_dir = cluster.node("n1").data_dir.clone();
+    let mut monitor = Command::new(podmesh_bin())
+        .args([
+            "monitor",
+            "--json",
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    cluster.start("n2", &[seed]).unwrap();
+    for (node, pod) in [("n1", "a"), ("n2", "b")] {
+        assert!(
+            cluster
+                .api(node, "pod_create", json!({ "name": pod }))
+                .unwrap()
+                .is_ok()
+        );
+    }
+    let registered = wait_for(SETTLE_MAX, || {
+        let reply = cluster.api("n1", "register_peer", json!({ "pod": "a", "name": "b@n2" }));
+        reply.ok()?.ok()
+    });
+    assert!(registered.is_some());
+
+    let mut seen_member = false;
+    let mut seen_peer = false;
+    let deadline = std::time::Instant::now() + SETTLE_MAX;
+    while !(seen_member && seen_peer) && std::time::Instant::now() < deadline {
+        let Ok(line) = line_rx.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen_member |= event["event"] == "member" && event["data"]["name"] == "n2";
+        seen_peer |= event["event"] == "peer_registered" && event["data"]["pod"] == "a";
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert!(seen_member, "no member event for n2");
+    assert!(seen_peer, "no peer_registered event for a");
+}
