@@ -340,6 +340,7 @@ impl Actor {
             "address": self.node.mesh().addr().to_string(),
             "incarnation": self.node.mesh().incarnation(),
             "version": env!("CARGO_PKG_VERSION"),
+            "protocol_version": podmesh_mesh::PROTOCOL_VERSION,
             "started_at_ms": self.clock.start_unix_ms,
             "local_health": self.node.mesh().local_health(),
             "connections": self.transport.connection_count(),
