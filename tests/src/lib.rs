@@ -47,7 +47,28 @@ pub fn podmesh_bin() -> &'static Path {
             .expect("test binaries live in <target>/<profile>/deps");
         let target_dir = profile_dir.parent().expect("a target directory");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // Cargo describes the package under test to the test process (`CARGO_PKG_NAME`,
+        // `CARGO_MANIFEST_DIR`, ...) but not to itself. ring's build script reruns when those
+        // change, so passing them on would rebuild ring and everything above it here, and again
+        // on the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let described = key.to_str().is_some_and(|k| {
+                k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || matches!(
+                        k,
+                        "CARGO_CRATE_NAME"
+                            | "CARGO_BIN_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                    )
+            });
+            if described {
+                build.env_remove(key);
+            }
+        }
+        let status = build
             .args([
                 "build",
                 "-p",
