@@ -1,5 +1,6 @@
 //! A harness for end-to-end tests: real `podmesh` processes on 127.0.0.1, each with its own
-//! certificates and data directory, driven through the real CLI.
+//! certificates and data directory, driven through the real CLI. [`hosts`] puts them on hosts
+//! of their own instead (network namespaces, as root).
 //!
 //! Nothing here may hang a test run: every wait has a deadline, and every child process is
 //! killed and reaped when its [`Cluster`] is dropped, even when the test panics.
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod hosts;
 pub mod relay;
 pub mod tmux;
 use serde_json::Value;
@@ -505,11 +507,11 @@ fn unique(path: PathBuf) -> PathBuf {
     }
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")
 }
 
-fn ensure_success(out: &Output, what: &str) -> anyhow::Result<()> {
+pub(crate) fn ensure_success(out: &Output, what: &str) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!(
             "podmesh {what} failed ({}): {}",
