@@ -316,16 +316,14 @@ impl Transport {
         let transport = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let exchange = transport.exchange(&to, bytes);
-            let answer =
-                match tokio::time::timeout(transport.limits.request_timeout, exchange).await {
-                    Ok(Ok(answer)) => Some(answer),
-                    Ok(Err(e)) => {
-                        debug!(addr = %to.addr, node = ?to.name, error = %e, "request failed");
-                        None
-                    }
-                    Err(_) => None,
-                };
+            let deadline = tokio::time::Instant::now() + transport.limits.request_timeout;
+            let answer = match transport.exchange(&to, bytes, deadline).await {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    debug!(addr = %to.addr, node = ?to.name, error = %e, "request failed");
+                    None
+                }
+            };
             let _ = transport
                 .inbound_tx
                 .send(Inbound::Response { rpc, bytes: answer })
@@ -333,12 +331,38 @@ impl Transport {
         });
     }
 
-    async fn exchange(&self, to: &Destination, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
-        let connection = self.connection(to).await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(&bytes).await?;
-        send.finish()?;
-        Ok(recv.read_to_end(self.limits.frame_size_max).await?)
+    /// One request and its answer, all by `deadline`. A request given up on is reset, so QUIC
+    /// stops retransmitting it: a request that was reported failed should not be carried out
+    /// later, when a cut heals. (Bytes the other side already received cannot be called back;
+    /// the peer protocol's ids make a late arrival harmless.)
+    async fn exchange(
+        &self,
+        to: &Destination,
+        bytes: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Vec<u8>> {
+        let late = || anyhow::anyhow!("no answer from {} in time", to.addr);
+        let connection = tokio::time::timeout_at(deadline, self.connection(to))
+            .await
+            .map_err(|_| late())??;
+        let (mut send, mut recv) = tokio::time::timeout_at(deadline, connection.open_bi())
+            .await
+            .map_err(|_| late())??;
+        let limit = self.limits.frame_size_max;
+        let answer = tokio::time::timeout_at(deadline, async {
+            send.write_all(&bytes).await?;
+            send.finish()?;
+            anyhow::Ok(recv.read_to_end(limit).await?)
+        })
+        .await;
+        match answer {
+            Ok(answer) => answer,
+            Err(_) => {
+                let _ = send.reset(1u32.into());
+                let _ = recv.stop(1u32.into());
+                Err(late())
+            }
+        }
     }
 
     /// Returns a live pooled connection to `to`, dialling if there is none.

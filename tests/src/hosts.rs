@@ -586,7 +586,9 @@ pub fn node_toml(
          listen = \"{listen}\"\n\
          advertise = \"{advertise}\"\n\
          join = [{join}]\n\
-         preset = \"{preset}\"\n",
+         metrics_listen = \"127.0.0.1:9946\"\n\
+         preset = \"{preset}\"\n\
+         blocklist = []\n",
         toml_string(certs_dir),
         toml_string(data_dir),
     )
