@@ -175,6 +175,53 @@ fn a_blocklisted_certificate_is_removed_by_sighup_without_a_restart() {
 }
 
 #[test]
+fn a_reloaded_ca_bundle_admits_a_node_of_the_new_ca_without_a_restart() {
+    // CA rotation's first round: n1 trusts only the old CA and refuses n3, issued by the new
+    // one; with both CAs in n1's ca.crt and a reload, n3's retries get in.
+    let mut cluster = Cluster::new("ops").unwrap();
+    let seed = cluster.start("n1", &[]).unwrap();
+    let ca2 = cluster.dir().join("ca2");
+    let init = podmesh(&[
+        "certs",
+        "init",
+        "--mesh",
+        "ops",
+        "--ca-dir",
+        &ca2.display().to_string(),
+    ]);
+    assert!(init.unwrap().status.success());
+    let n3_certs = cluster.issue("n3", Some(&ca2)).unwrap();
+    let old_ca = std::fs::read_to_string(cluster.ca_dir.join("ca.crt")).unwrap();
+    let new_ca = std::fs::read_to_string(ca2.join("ca.crt")).unwrap();
+    // n3 trusts both, as every node does during a rotation.
+    std::fs::write(n3_certs.join("ca.crt"), format!("{new_ca}{old_ca}")).unwrap();
+    cluster
+        .spawn("n3", n3_certs, "127.0.0.1:0".parse().unwrap(), &[seed])
+        .unwrap();
+    let refused = wait_for(Duration::from_secs(5), || {
+        let members = cluster.members("n1").ok()?;
+        members.contains_key("n3").then_some(())
+    });
+    assert!(
+        refused.is_none(),
+        "n1 admitted a node of a CA it does not trust"
+    );
+
+    let n1_ca = cluster.node("n1").certs_dir.join("ca.crt");
+    std::fs::write(&n1_ca, format!("{old_ca}{new_ca}")).unwrap();
+    let reloaded = cluster.cli_json("n1", &["node", "reload"]).unwrap();
+    assert_eq!(reloaded["expelled"], json!([]));
+    let admitted = wait_for(SETTLE_MAX, || {
+        (all_alive(&mut cluster, "n1", 2) && all_alive(&mut cluster, "n3", 2)).then_some(())
+    });
+    assert!(
+        admitted.is_some(),
+        "n3 not admitted after the reload: {:?}",
+        cluster.members("n1")
+    );
+}
+
+#[test]
 fn node_reload_reports_a_bad_blocklist_and_keeps_the_old_one() {
     // A reload that cannot load changes nothing and says why.
     let mut cluster = Cluster::new("ops").unwrap();
