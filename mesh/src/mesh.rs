@@ -11,10 +11,11 @@
 //! - `sync`: join push/pull, reconnection and anti-entropy by digest (DESIGN section 4);
 //! - `state`: owner-versioned replicated state, local writes and received records;
 //! - `tombstones`: collecting dead and departed members and deleted entries;
-//! - `persist`: the sample of live members kept in the store for a rejoin without seeds.
+//! - `persist`: the sample of members kept in the store for a rejoin without seeds.
 //!
 //! Leaf modules hold the data structures those share: `members` (the member table and the
 //! roster of live members), `broadcast` (the piggyback queue), `digest` (bucket hashes),
+//! `entries` (one owner's replicated state),
 //! `suspicion` (Lifeguard's suspicion timer) and `api` (inputs, outputs and views).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -31,6 +32,7 @@ use crate::{Config, Error, NodeName, Time};
 
 use broadcast::Broadcasts;
 use digest::Digest;
+use entries::StateMap;
 use members::Members;
 
 pub use api::{Command, Counters, Event, Input, Member, Output, StateEntry, Target};
@@ -77,14 +79,6 @@ enum Timer {
     Collect,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    generation: u64,
-    version: u64,
-    value: Option<Vec<u8>>,
-    changed_at: Time,
-}
-
 /// The probe of the current protocol period.
 #[derive(Debug, Clone)]
 struct Probing {
@@ -126,7 +120,7 @@ pub struct Mesh<S> {
     /// Members declared dead recently, still gossiped to (pruned by `gossip_to_dead`).
     recently_dead: Vec<NodeName>,
     /// Replicated state per owner that has any, this node included.
-    entries: BTreeMap<NodeName, BTreeMap<String, Entry>>,
+    entries: BTreeMap<NodeName, StateMap>,
     queue: Broadcasts,
     digest: Digest,
     /// What this node adds to its own digest bucket.
@@ -219,7 +213,7 @@ impl<S: Store> Mesh<S> {
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             members: Members::new(rng_seed ^ MEMBER_HASH_SALT),
             recently_dead: Vec::new(),
-            entries: BTreeMap::from([(me, BTreeMap::new())]),
+            entries: BTreeMap::from([(me, StateMap::default())]),
             queue: Broadcasts::new(rng_seed ^ QUEUE_HASH_SALT),
             digest: Digest::new(config.sync_buckets),
             own_digested: 0,
@@ -629,6 +623,7 @@ mod api;
 mod broadcast;
 mod digest;
 mod dissemination;
+mod entries;
 mod members;
 mod membership;
 mod persist;

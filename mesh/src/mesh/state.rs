@@ -2,9 +2,9 @@
 //! must keep, and the rule for received records: keep the highest `(generation, version)`, and
 //! never let a record about this node's own keys override what it wrote.
 
-use super::Entry;
 use super::Mesh;
 use super::digest::entry_hash;
+use super::entries::Entry;
 use crate::codec::StateRecord;
 use crate::store::Store;
 use crate::{Error, Event, NodeName, Time};
