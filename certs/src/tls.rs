@@ -98,6 +98,8 @@ pub struct MeshTls {
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     blocklist: Arc<BTreeSet<Fingerprint>>,
+    /// Fingerprints of the trusted CA certificates, to tell whether a reload changed them.
+    cas: Vec<Fingerprint>,
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -151,7 +153,13 @@ impl MeshTls {
             server: Arc::new(server),
             client: Arc::new(client),
             blocklist,
+            cas: identity.ca_certs.iter().map(|c| fingerprint(c)).collect(),
         })
+    }
+
+    /// Whether `other` trusts exactly the CAs these configurations trust.
+    pub fn trusts_same_cas(&self, other: &MeshTls) -> bool {
+        self.cas == other.cas
     }
 
     /// Whether the other side of `connection` authenticated with a certificate these

@@ -7,8 +7,9 @@
 //! membership; a node membership does not know fails the request at once), the rule for "is
 //! that Pod live" (its node alive or suspect, its record not stopped), how wall-clock time is
 //! derived (from the driver's one clock reading at [`Time::ZERO`]), and the start order (the
-//! membership core bumps the incarnation, the Pods and handshake logs load and resume, then the
-//! node's information and every Pod record are gossiped, before the driver joins). A driver
+//! membership core bumps the incarnation, the Pods and handshake logs load and resume, the
+//! node's information becomes replicated state, the driver joins, and every Pod record is
+//! handed to membership as the first outputs drained after that). A driver
 //! keeps only its own IO: sockets or a modelled network, a database or a modelled store, local
 //! clients or a workload.
 //!
@@ -101,7 +102,8 @@ pub struct Node<S> {
 impl<S: Store> Node<S> {
     /// Starts node `me`, reachable at `advertise`: bumps the incarnation durably, loads the
     /// last known members, the Pods, the handshake logs and the inbox indexes, resumes every
-    /// unfinished handshake, and queues the node's information and every Pod record for gossip.
+    /// unfinished handshake, and writes the node's information as replicated state. Every Pod
+    /// record goes to membership with the first [`Node::poll_output`] calls.
     /// `wall_start_ms` is the wall-clock time at [`Time::ZERO`], in milliseconds since the Unix
     /// epoch; message timestamps and the node's start time derive from it.
     #[expect(

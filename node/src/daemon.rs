@@ -108,10 +108,10 @@ pub struct NodeSettings {
     pub forget_members: bool,
 }
 
-/// Resolves the settings again, from the same flags, environment and file: what SIGHUP and
-/// `podmesh node reload` put in force (certificates and blocklist; other changes need a
-/// restart).
-pub type Reload = Box<dyn Fn() -> anyhow::Result<NodeSettings> + Send>;
+/// Resolves the blocklist again, from the same flags, environment and file: what SIGHUP and
+/// `podmesh node reload` put in force with the certificates directory. It reads files only
+/// (no name resolution), since it runs on the actor; other settings need a restart.
+pub type Reload = Box<dyn Fn() -> anyhow::Result<BTreeSet<Fingerprint>> + Send>;
 
 /// The daemon's one clock: monotonic time for the core, read once against wall time so that
 /// the core can tell people when things happened ([`Node::wall_ms`]).
@@ -175,9 +175,12 @@ fn random_seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Opens the store, waiting (at most [`DATA_DIR_WAIT_MAX`]) while a previous node on the same
-/// data directory is still stopping.
-async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
+/// Opens the store, waiting (at most `wait_max`) while a previous node on the same data
+/// directory is still stopping. Says whether it had to wait.
+async fn open_store(
+    data_dir: &std::path::Path,
+    wait_max: Duration,
+) -> anyhow::Result<(RedbStore, bool)> {
     let mut waiting = false;
     let wait = async {
         loop {
@@ -187,8 +190,8 @@ async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
                         waiting = true;
                         info!(
                             data_dir = %data_dir.display(),
-                            "data directory in use; waiting up to {}s for the previous node to stop",
-                            DATA_DIR_WAIT_MAX.as_secs()
+                            "data directory in use; waiting up to {:?} for the previous node to stop",
+                            wait_max
                         );
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -197,9 +200,31 @@ async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
             }
         }
     };
-    match tokio::time::timeout(DATA_DIR_WAIT_MAX, wait).await {
-        Ok(result) => Ok(result?),
+    match tokio::time::timeout(wait_max, wait).await {
+        Ok(result) => Ok((result?, waiting)),
         Err(_) => Err(OpenError::InUse(data_dir.to_owned()).into()),
+    }
+}
+
+/// Binds the transport; after waiting for a previous node on the same data directory, also
+/// waits (at most [`DATA_DIR_WAIT_MAX`]) for that node's port, which it may release just after
+/// its store.
+async fn bind_transport(
+    listen: SocketAddr,
+    tls: MeshTls,
+    limits: TransportLimits,
+    inbound_tx: mpsc::Sender<Inbound>,
+    previous_stopping: bool,
+) -> anyhow::Result<Transport> {
+    let deadline = tokio::time::Instant::now() + DATA_DIR_WAIT_MAX;
+    loop {
+        match Transport::bind(listen, tls.clone(), limits.clone(), inbound_tx.clone()) {
+            Err(e) if previous_stopping && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for the previous node's port");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -233,7 +258,7 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => crate::config::default_data_dir(node.as_str())?,
     };
-    let mut store = open_store(&data_dir).await?;
+    let (mut store, previous_stopping) = open_store(&data_dir, DATA_DIR_WAIT_MAX).await?;
     if settings.forget_members {
         let forgotten = forget_members(&mut store)?;
         info!(
@@ -248,7 +273,8 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     let tls = MeshTls::new(&identity, settings.blocklist.clone())?;
     let limits = TransportLimits::default();
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.inbound_queue_len_max);
-    let transport = Transport::bind(settings.listen, tls, limits, inbound_tx)?;
+    let transport =
+        bind_transport(settings.listen, tls, limits, inbound_tx, previous_stopping).await?;
     let bound = transport.local_addr()?;
     let advertise = advertise_addr(&settings, bound)?;
 
@@ -643,13 +669,7 @@ impl Actor {
     /// restart: new connections use them, and connections of newly blocklisted certificates
     /// are closed at once. Nothing changes when anything fails to load.
     fn reload(&mut self) -> anyhow::Result<Value> {
-        let settings = (self.reload)()?;
-        if settings.certs_dir != self.certs_dir {
-            warn!(
-                certs_dir = %settings.certs_dir.display(),
-                "certs_dir changed; reloading from the directory the node started with"
-            );
-        }
+        let blocklist = (self.reload)()?;
         let identity = NodeIdentity::load(&self.certs_dir)
             .with_context(|| format!("certificates in {}", self.certs_dir.display()))?;
         anyhow::ensure!(
@@ -659,8 +679,8 @@ impl Actor {
             identity.claim.node,
             self.node.mesh().name()
         );
-        let blocked = settings.blocklist.len();
-        let tls = MeshTls::new(&identity, settings.blocklist)?;
+        let blocked = blocklist.len();
+        let tls = MeshTls::new(&identity, blocklist)?;
         let refused = self.transport.reload(tls)?;
         info!(
             blocked,
@@ -792,3 +812,24 @@ fn api_error(error: PeerError) -> ApiError {
 }
 
 mod local_api;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_directory_held_past_the_wait_is_refused_as_in_use() {
+        // The wait is bounded: a directory another node keeps gives the in-use error after it.
+        let dir = tempfile::tempdir().unwrap();
+        let held = RedbStore::open(dir.path()).unwrap();
+        let err = open_store(dir.path(), Duration::from_millis(300))
+            .await
+            .expect_err("a held directory must not open");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(held);
+        let (_, waited) = open_store(dir.path(), Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(!waited, "a free directory opens without waiting");
+    }
+}

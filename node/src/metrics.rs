@@ -81,7 +81,7 @@ const COUNTS: [(&str, &str); 7] = [
     ),
     (
         "podmesh_deaths_declared",
-        "Suspicions that timed out here, declaring a member dead",
+        "Members declared dead here: suspicions that timed out, and expelled members",
     ),
     (
         "podmesh_bad_frames",
@@ -249,16 +249,27 @@ fn advance(counter: &Counter, total: u64) {
     }
 }
 
-/// Serves `GET /metrics` on `listen`, asking the actor through `scrape_tx` for each answer.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    scrape_tx: mpsc::Sender<Scrape>,
-) -> std::io::Result<()> {
+/// Pause after a failed accept (out of file descriptors, say) before the next one.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Serves `GET /metrics` on `listen`, asking the actor through `scrape_tx` for each answer,
+/// until the actor is gone.
+pub async fn serve(listener: tokio::net::TcpListener, scrape_tx: mpsc::Sender<Scrape>) {
     let slots = Arc::new(Semaphore::new(SCRAPES_IN_FLIGHT_MAX));
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        if scrape_tx.is_closed() {
+            return;
+        }
         let Ok(slot) = slots.clone().acquire_owned().await else {
-            return Ok(());
+            return;
         };
         let scrape_tx = scrape_tx.clone();
         tokio::spawn(async move {
@@ -394,6 +405,26 @@ mod tests {
             text.contains("podmesh_delivery_seconds_bucket{le=\"0.002\"} 0\n"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_head_is_read_up_to_its_bound_and_no_further() {
+        // A client that never ends its head costs at most REQUEST_SIZE_MAX (plus one read).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let junk = vec![b'a'; 4 * REQUEST_SIZE_MAX];
+            let _ = stream.write_all(&junk).await;
+            stream
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut stream).await.unwrap();
+        assert!(head.len() >= REQUEST_SIZE_MAX, "{}", head.len());
+        assert!(head.len() < REQUEST_SIZE_MAX + 1024, "{}", head.len());
+        assert_eq!(request_line(&head), None);
+        drop(stream);
+        let _ = writer.await;
     }
 
     #[test]

@@ -213,32 +213,45 @@ impl Transport {
     }
 
     /// Puts renewed certificates, CA bundle or blocklist in force: new connections, in and
-    /// out, use `tls`, and every open connection whose peer `tls` refuses is closed at once.
-    /// Returns the nodes whose connections were closed.
+    /// out, use `tls`, and every open connection whose peer `tls` refuses by fingerprint is
+    /// closed at once. When the trusted CAs changed, every connection is closed, so that each
+    /// is authenticated again under the new trust (the mesh redials at once; a lost connection
+    /// is only a hint to membership). Returns the nodes refused by fingerprint.
     pub fn reload(&self, tls: MeshTls) -> anyhow::Result<Vec<NodeName>> {
         let mut server = tls.quinn_server()?;
         server.transport_config(transport_config(&self.limits));
         let mut client = tls.quinn_client()?;
         client.transport_config(transport_config(&self.limits));
-        self.endpoint.set_server_config(Some(server));
-        let refused: Vec<quinn::Connection> = match self.pool.lock() {
-            Ok(pool) => pool
+        // Swapped under the pool lock, which `adopt` also holds while it checks a connection
+        // against the configuration in force: no connection slips between check and swap.
+        let (refused, retrusted) = {
+            let pool = self
+                .pool
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the connection pool lock is poisoned"))?;
+            let mut current = self
+                .tls
+                .write()
+                .map_err(|_| anyhow::anyhow!("the TLS configuration lock is poisoned"))?;
+            let same_cas = current.mesh.trusts_same_cas(&tls);
+            self.endpoint.set_server_config(Some(server));
+            let (refused, others): (Vec<_>, Vec<_>) = pool
                 .open
                 .values()
-                .filter(|c| tls.refuses_peer(c))
                 .cloned()
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        if let Ok(mut current) = self.tls.write() {
+                .partition(|c| tls.refuses_peer(c));
             *current = Tls { mesh: tls, client };
-        }
+            (refused, if same_cas { Vec::new() } else { others })
+        };
         let mut names = Vec::new();
         for connection in &refused {
             if let Some(name) = self.mesh_tls().and_then(|t| t.peer_node(connection).ok()) {
                 names.push(name);
             }
             connection.close(2u32.into(), b"blocklisted");
+        }
+        for connection in &retrusted {
+            connection.close(0u32.into(), b"trust changed");
         }
         names.sort();
         names.dedup();
@@ -423,6 +436,15 @@ impl Transport {
     /// from it.
     fn adopt(&self, name: NodeName, connection: quinn::Connection) {
         if let Ok(mut pool) = self.pool.lock() {
+            // A handshake that finished under the configuration a reload just replaced.
+            if self
+                .tls
+                .read()
+                .is_ok_and(|tls| tls.mesh.refuses_peer(&connection))
+            {
+                connection.close(2u32.into(), b"blocklisted");
+                return;
+            }
             if pool.by_name.len() >= self.limits.connections_max
                 && !pool.by_name.contains_key(&name)
             {

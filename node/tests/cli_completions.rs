@@ -12,7 +12,14 @@ fn completion_scripts_name_every_top_level_command() {
             .expect("podmesh runs");
         assert!(out.status.success(), "{shell}: {:?}", out.status);
         let script = String::from_utf8(out.stdout).unwrap();
-        for command in ["members", "monitor", "peer", "send", "reload"] {
+        for command in [
+            "members",
+            "monitor",
+            "unpeer",
+            "inbox",
+            "completions",
+            "reload",
+        ] {
             assert!(script.contains(command), "{shell} script lacks {command}");
         }
     }

@@ -259,10 +259,10 @@ fn a_host_cut_off_at_the_switch_is_unreachable_and_dead_then_rejoins_and_receive
         json!({ "pod": "a", "name": "c@n3", "message": "after the heal" }),
     )?;
     // The message sent after the heal is there exactly once. The one sent into the cut was
-    // never acknowledged, so the sender cannot know whether it was stored; it may still arrive
-    // after the heal (the transport leaves a timed-out request's stream to QUIC, which
-    // retransmits it once the link is back, and the connection outlives a cut shorter than
-    // its idle timeout), but deduplication by message id keeps it at most once.
+    // never acknowledged, so the sender cannot know whether it was stored: the transport
+    // resets a request it gives up on, but bytes that crossed before the cut cannot be called
+    // back (docs/local-api.md, `unreachable`). Deduplication by message id keeps it at most
+    // once.
     let received = inbox(&hosts, "n3", "c")?;
     let count = |text: &str| {
         received

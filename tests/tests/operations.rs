@@ -106,15 +106,23 @@ fn a_restart_right_after_sigterm_waits_for_the_stopping_node() {
             .then_some(()))
         .is_some()
     );
+    let before = cluster.members("n1").unwrap()["n2"].1;
     cluster.terminate("n2").unwrap();
     cluster.restart_now("n2", &[]).unwrap();
     let back = wait_for(SETTLE_MAX, || {
-        all_alive(&mut cluster, "n1", 2).then_some(())
+        let members = cluster.members("n1").ok()?;
+        let (state, incarnation) = members.get("n2")?;
+        (state == "alive" && *incarnation > before).then_some(())
     });
     assert!(
         back.is_some(),
         "n2 did not come back: {}",
         cluster.log("n2")
+    );
+    let log = cluster.log("n2");
+    assert!(
+        log.contains("data directory in use; waiting"),
+        "no wait: {log}"
     );
 }
 
@@ -223,26 +231,53 @@ fn a_reloaded_ca_bundle_admits_a_node_of_the_new_ca_without_a_restart() {
 
 #[test]
 fn node_reload_reports_a_bad_blocklist_and_keeps_the_old_one() {
-    // A reload that cannot load changes nothing and says why.
+    // n2 is blocklisted from the start; a reload of a broken file changes nothing (n2 stays
+    // out), and a reload that empties the list lets n2 in.
     let mut cluster = Cluster::new("ops").unwrap();
+    let n2_certs = cluster.issue("n2", None).unwrap();
+    let shown = podmesh(&[
+        "certs",
+        "show",
+        &n2_certs.join("node.crt").display().to_string(),
+        "--json",
+    ]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.unwrap().stdout).unwrap();
+    let fingerprint = shown[0]["sha256"].as_str().unwrap().to_owned();
     let config = cluster.dir().join("n1.toml");
-    std::fs::write(&config, "blocklist = []\n").unwrap();
-    cluster
+    std::fs::write(&config, format!("blocklist = [\"{fingerprint}\"]\n")).unwrap();
+    let seed = cluster
         .start_args(
             "n1",
             &[],
             &["--config".into(), config.display().to_string()],
         )
         .unwrap();
-    let reloaded = cluster.cli_json("n1", &["node", "reload"]).unwrap();
-    assert_eq!(reloaded["blocklisted"], 0);
-    assert_eq!(reloaded["expelled"], json!([]));
+    cluster
+        .spawn("n2", n2_certs, "127.0.0.1:0".parse().unwrap(), &[seed])
+        .unwrap();
+
     std::fs::write(&config, "blocklist = [\"not-a-fingerprint\"]\n").unwrap();
     let refused = cluster.api("n1", "reload", json!({})).unwrap();
     let (code, message) = refused.unwrap_err();
     assert_eq!(code, "invalid_request");
     assert!(message.contains("fingerprint"), "{message}");
-    assert!(cluster.node("n1").is_running());
+    let admitted = wait_for(Duration::from_secs(5), || {
+        cluster.members("n1").ok()?.contains_key("n2").then_some(())
+    });
+    assert!(admitted.is_none(), "a failed reload dropped the blocklist");
+
+    std::fs::write(&config, "blocklist = []\n").unwrap();
+    let reloaded = cluster.cli_json("n1", &["node", "reload"]).unwrap();
+    assert_eq!(reloaded["blocklisted"], 0);
+    assert_eq!(reloaded["expelled"], json!([]));
+    let admitted = wait_for(SETTLE_MAX, || {
+        all_alive(&mut cluster, "n1", 2).then_some(())
+    });
+    assert!(
+        admitted.is_some(),
+        "n2 still refused: {:?}",
+        cluster.members("n1")
+    );
 }
 
 #[test]
@@ -274,6 +309,12 @@ fn monitor_streams_member_and_pod_events_as_json_lines() {
             }
         }
     });
+    // The stream is live once its first line, the `monitoring` reply, is out.
+    let first = line_rx
+        .recv_timeout(SETTLE_MAX)
+        .expect("monitor printed nothing");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["event"], "monitoring", "{first}");
     cluster.start("n2", &[seed]).unwrap();
     for (node, pod) in [("n1", "a"), ("n2", "b")] {
         assert!(

@@ -223,7 +223,7 @@ pub struct Counters {
     pub suspicions: u64,
     /// Probes of this node that ended without an Ack (each suspects its target).
     pub probes_failed: u64,
-    /// Suspicions that timed out here, declaring a member dead.
+    /// Suspicions that timed out here, declaring a member dead, and members expelled here.
     pub deaths_declared: u64,
     /// Times this node refuted news of its own suspicion, death or leave.
     pub refutations: u64,

@@ -36,8 +36,8 @@ impl<S: Store> Mesh<S> {
         }
         let (mut written, mut deleted) = (Vec::new(), Vec::new());
         for name in &self.dirty {
-            let kept = |state: MemberState| state.is_live() || state == MemberState::Left;
-            match self.members.get(name).filter(|m| kept(m.state)) {
+            let stays = |state: MemberState| state.is_live() || state == MemberState::Left;
+            match self.members.get(name).filter(|m| stays(m.state)) {
                 Some(m) => {
                     batch.put(
                         Table::Members,

@@ -152,6 +152,7 @@ pub(crate) fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
         "address",
         "incarnation",
         "version",
+        "protocol_version",
         "local_health",
         "connections",
     ] {
@@ -240,7 +241,10 @@ pub(crate) fn monitor(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut client = Client::connect(&socket).await?;
         let first = client.call("monitor", json!({})).await?;
-        if !args.target.json {
+        if args.target.json {
+            // The first line says the stream is live, so a reader knows nothing came before.
+            println!("{}", json!({ "event": first.event, "data": first.data }));
+        } else {
             let count = first.data["members"].as_array().map_or(0, Vec::len);
             println!("monitoring {count} members; Ctrl-C to stop");
         }

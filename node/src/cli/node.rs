@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use podmesh::config::{DEFAULT_LISTEN, NodeFile, Preset, resolve};
 use podmesh::daemon::{self, NodeSettings};
+use podmesh_certs::Fingerprint;
 
 #[derive(Clone, Debug, Args)]
 pub(crate) struct RunArgs {
@@ -123,10 +124,34 @@ fn settings(args: &RunArgs) -> anyhow::Result<NodeSettings> {
     })
 }
 
+/// The blocklist alone, as a reload reads it: the file's list unless `--block` or
+/// `PODMESH_BLOCKLIST` override it (then a reload cannot change it, and says so).
+fn blocklist(args: &RunArgs) -> anyhow::Result<BTreeSet<Fingerprint>> {
+    let overridden = !args.blocklist.is_empty() || std::env::var_os("PODMESH_BLOCKLIST").is_some();
+    if overridden {
+        tracing::warn!(
+            "the blocklist comes from --block or PODMESH_BLOCKLIST, which a reload does not \
+             re-read; keep it in the config file to change it without a restart"
+        );
+    }
+    let mut file = match &args.config {
+        Some(path) => NodeFile::load(path)?,
+        None => NodeFile::default(),
+    };
+    file.apply_env(|key| std::env::var(key).ok())?;
+    if !args.blocklist.is_empty() {
+        file.blocklist = args.blocklist.clone();
+    }
+    file.blocklist
+        .iter()
+        .map(|f| f.parse().map_err(anyhow::Error::from))
+        .collect()
+}
+
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let resolved = settings(&args)?;
-    // SIGHUP and `podmesh node reload` resolve the same flags, environment and file again.
-    let reload: daemon::Reload = Box::new(move || settings(&args));
+    // SIGHUP and `podmesh node reload` resolve the blocklist again from the same sources.
+    let reload: daemon::Reload = Box::new(move || blocklist(&args));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
