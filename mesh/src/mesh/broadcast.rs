@@ -40,16 +40,30 @@ struct Slot {
 
 impl Slot {
     fn key(&self, at: u32) -> Key {
-        (self.sent, Reverse(self.seq), at)
+        let class = match self.update {
+            Update::State(_) => Class::State,
+            _ => Class::Membership,
+        };
+        (class, self.sent, Reverse(self.seq), at)
     }
 }
 
-/// `(transmissions, newest first, slot)`. Sequence numbers are unique, so the slot never decides
-/// the order; it only says where the update is.
-type Key = (u32, Reverse<u64>, u32);
+/// Membership news rides before replicated state: failure detection and joins are bounded in
+/// time, state has anti-entropy to complete it. Without this, a join burst's state records
+/// (every node's information) halve the room its Alive updates have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    Membership,
+    State,
+}
 
-/// Updates waiting to be piggybacked, least transmitted (then newest) first. A newer update about
-/// the same subject replaces the older one, so the queue never carries contradicting news.
+/// `(class, transmissions, newest first, slot)`. Sequence numbers are unique, so the slot never
+/// decides the order; it only says where the update is.
+type Key = (Class, u32, Reverse<u64>, u32);
+
+/// Updates waiting to be piggybacked: membership news before state, each least transmitted
+/// (then newest) first. A newer update about the same subject replaces the older one, so the
+/// queue never carries contradicting news.
 ///
 /// The updates stay in their slots. The order holds small integer keys, so taking updates
 /// compares and moves integers; the subject index holds slot numbers hashed through the
@@ -95,8 +109,9 @@ impl Broadcasts {
         }
         let mut evicted = false;
         if self.by_subject.len() >= max {
-            // The most transmitted update has done most of its work already.
-            if let Some(&(_, _, at)) = self.order.last() {
+            // The most transmitted state update goes first (anti-entropy repairs state), then
+            // the most transmitted membership news, which has done most of its work already.
+            if let Some(&(_, _, _, at)) = self.order.last() {
                 self.forget(at);
                 evicted = true;
             }
@@ -132,7 +147,7 @@ impl Broadcasts {
         let mut chosen = Vec::new();
         let mut misses = 0;
         for &key in &self.order {
-            let size = slot(&self.slots, key.2).size as usize;
+            let size = slot(&self.slots, key.3).size as usize;
             if size <= budget {
                 budget -= size;
                 chosen.push(key);
@@ -147,7 +162,7 @@ impl Broadcasts {
         let mut out = Vec::with_capacity(chosen.len());
         for key in chosen {
             self.order.remove(&key);
-            let at = key.2;
+            let at = key.3;
             let taken = self.slots[at as usize]
                 .as_mut()
                 .expect("every key in the order has a slot");
