@@ -265,6 +265,14 @@ fn is_dead(e: &Event) -> bool {
     matches!(e, Event::MemberDead { .. })
 }
 
+/// The member records a core keeps in its store.
+fn stored(mesh: &Mesh<MemStore>) -> Vec<MemberRecord> {
+    let rows = mesh.store().scan(Table::Members).unwrap();
+    rows.iter()
+        .map(|(_, v)| codec::decode_member(v).unwrap())
+        .collect()
+}
+
 /// A lone core, for tests that feed it hand-made frames.
 fn lone(config: Config) -> Mesh<MemStore> {
     Mesh::new(config, name(0), addr(0), MemStore::new(), 7, Time::ZERO).unwrap()
@@ -1282,12 +1290,6 @@ fn the_store_keeps_a_bounded_sample_of_live_members_and_refills_it() {
         ..Config::lan()
     };
     let mut mesh = lone(config);
-    let stored = |mesh: &Mesh<MemStore>| -> Vec<MemberRecord> {
-        let rows = mesh.store().scan(Table::Members).unwrap();
-        rows.iter()
-            .map(|(_, v)| codec::decode_member(v).unwrap())
-            .collect()
-    };
     feed(
         &mut mesh,
         1,
@@ -1356,12 +1358,6 @@ fn a_member_that_left_stays_stored_until_its_tombstone_is_collected() {
     };
     let ttl = config.tombstone_ttl;
     let mut mesh = lone(config);
-    let stored = |mesh: &Mesh<MemStore>| -> Vec<MemberRecord> {
-        let rows = mesh.store().scan(Table::Members).unwrap();
-        rows.iter()
-            .map(|(_, v)| codec::decode_member(v).unwrap())
-            .collect()
-    };
     feed(
         &mut mesh,
         1,

@@ -150,6 +150,33 @@ impl Pair {
         self.replies.remove(at).2
     }
 
+    /// Two joined nodes with Pods `a@n1` and `b@n2`, peers; returns `b@n2` too.
+    fn peered() -> (Pair, PodAddr) {
+        let mut pair = Pair::new();
+        pair.join();
+        for (i, p) in [(0, "a"), (1, "b")] {
+            pair.local(
+                i,
+                LocalOp::CreatePod {
+                    name: pod(p),
+                    parent: None,
+                },
+            )
+            .unwrap();
+        }
+        pair.advance(Duration::from_secs(2));
+        let b = PodAddr::new(pod("b"), name(1));
+        let registered = pair.local(
+            0,
+            LocalOp::RegisterPeer {
+                pod: pod("a"),
+                target: b.clone(),
+            },
+        );
+        assert!(registered.is_ok(), "{registered:?}");
+        (pair, b)
+    }
+
     fn join(&mut self) {
         self.nodes[1]
             .handle(
@@ -240,28 +267,7 @@ fn a_request_to_a_node_membership_does_not_know_fails_at_once() {
 #[test]
 fn peers_across_two_nodes_deliver_with_the_receivers_wall_clock() {
     // The whole composition: join, handshake, delivery, timestamps from the node's one clock.
-    let mut pair = Pair::new();
-    pair.join();
-    for (i, p) in [(0, "a"), (1, "b")] {
-        pair.local(
-            i,
-            LocalOp::CreatePod {
-                name: pod(p),
-                parent: None,
-            },
-        )
-        .unwrap();
-    }
-    pair.advance(Duration::from_secs(2));
-    let b = PodAddr::new(pod("b"), name(1));
-    pair.local(
-        0,
-        LocalOp::RegisterPeer {
-            pod: pod("a"),
-            target: b.clone(),
-        },
-    )
-    .unwrap();
+    let (mut pair, b) = Pair::peered();
     let at = pair.now;
     let sent = pair.local(
         0,
@@ -294,28 +300,7 @@ fn peers_across_two_nodes_deliver_with_the_receivers_wall_clock() {
 #[test]
 fn the_node_decides_liveness_whatever_the_caller_says() {
     // `live` in a Send is the node's to decide: a stopped or unknown peer is refused.
-    let mut pair = Pair::new();
-    pair.join();
-    for (i, p) in [(0, "a"), (1, "b")] {
-        pair.local(
-            i,
-            LocalOp::CreatePod {
-                name: pod(p),
-                parent: None,
-            },
-        )
-        .unwrap();
-    }
-    pair.advance(Duration::from_secs(2));
-    let b = PodAddr::new(pod("b"), name(1));
-    pair.local(
-        0,
-        LocalOp::RegisterPeer {
-            pod: pod("a"),
-            target: b.clone(),
-        },
-    )
-    .unwrap();
+    let (mut pair, b) = Pair::peered();
     assert!(pair.nodes[0].pod_live(&b));
     pair.local(
         1,
