@@ -67,7 +67,8 @@ struct CompletionsArgs {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// Run a node daemon in the foreground; SIGINT or SIGTERM makes it leave and stop.
+    /// Run a node daemon in the foreground; SIGINT or SIGTERM makes it leave and stop, SIGHUP
+    /// re-reads its certificates and blocklist.
     Run(node::RunArgs),
     /// Show a running node's name, mesh, address, incarnation, version and counters.
     Info(client::InfoArgs),

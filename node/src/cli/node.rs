@@ -33,11 +33,12 @@ pub(crate) struct RunArgs {
     advertise: Option<String>,
     /// Seed node to join through, host:port (repeatable) [env: PODMESH_JOIN, comma-separated].
     /// Without seeds a restarted node rejoins the members it last knew, also after it left
-    /// gracefully; to keep it out of its old mesh, start it with --forget-members.
+    /// gracefully; to move it out of its old mesh, start it with --forget-members (to keep it
+    /// out for good, blocklist its certificate on the other nodes).
     #[arg(long = "join", value_name = "ADDR")]
     join: Vec<String>,
     /// Drop the members stored by the previous run before starting: the node then joins only
-    /// through --join, and stays alone without it.
+    /// through --join, and contacts no one without it.
     #[arg(long)]
     forget_members: bool,
     /// Membership timing preset [default: lan] [env: PODMESH_PRESET].
