@@ -405,15 +405,7 @@ impl Hosts {
         let host = self.host(name)?;
         let params = params.to_string();
         let out = host.podmesh(&["api", method, &params])?;
-        let reply: Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("api {method}: {}", String::from_utf8_lossy(&out.stderr)))?;
-        if reply["event"] == "error" {
-            return Ok(Err((
-                reply["data"]["code"].as_str().unwrap_or("").to_owned(),
-                reply["data"]["message"].as_str().unwrap_or("").to_owned(),
-            )));
-        }
-        Ok(Ok(reply["data"].clone()))
+        crate::api_reply(&out, method)
     }
 
     /// `name`'s view of the members: name -> (state, advertised address).

@@ -441,15 +441,7 @@ impl Cluster {
         full.extend(["--data-dir".to_owned(), path(&data_dir).to_owned()]);
         let args: Vec<&str> = full.iter().map(String::as_str).collect();
         let out = podmesh(&args)?;
-        let reply: Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("api {method}: {}", String::from_utf8_lossy(&out.stderr)))?;
-        if reply["event"] == "error" {
-            return Ok(Err((
-                reply["data"]["code"].as_str().unwrap_or("").to_owned(),
-                reply["data"]["message"].as_str().unwrap_or("").to_owned(),
-            )));
-        }
-        Ok(Ok(reply["data"].clone()))
+        api_reply(&out, method)
     }
 
     /// `name`'s view of the members: name -> (state, incarnation).
@@ -494,6 +486,19 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
     }
+}
+
+/// The reply of a `podmesh api` run: its data, or the error's `(code, message)`.
+pub fn api_reply(out: &Output, method: &str) -> anyhow::Result<Result<Value, (String, String)>> {
+    let reply: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("api {method}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if reply["event"] == "error" {
+        return Ok(Err((
+            reply["data"]["code"].as_str().unwrap_or("").to_owned(),
+            reply["data"]["message"].as_str().unwrap_or("").to_owned(),
+        )));
+    }
+    Ok(Ok(reply["data"].clone()))
 }
 
 fn unique(path: PathBuf) -> PathBuf {

@@ -35,6 +35,18 @@ fn all_alive(cluster: &mut Cluster, node: &str, count: usize) -> bool {
         .is_ok_and(|m| m.len() == count && m.values().all(|(state, _)| state == "alive"))
 }
 
+/// Nodes n1 and n2 (joined through n1), once each sees the other alive.
+fn two_nodes() -> Cluster {
+    let mut cluster = Cluster::new("ops").unwrap();
+    let seed = cluster.start("n1", &[]).unwrap();
+    cluster.start("n2", &[seed]).unwrap();
+    let joined = wait_for(SETTLE_MAX, || {
+        (all_alive(&mut cluster, "n1", 2) && all_alive(&mut cluster, "n2", 2)).then_some(())
+    });
+    assert!(joined.is_some(), "n1 and n2 did not see each other");
+    cluster
+}
+
 #[test]
 fn metrics_show_the_members_of_a_two_node_mesh() {
     // `podmesh_members{state="alive"} 2` once two nodes see each other, in Prometheus text.
@@ -66,14 +78,7 @@ fn metrics_show_the_members_of_a_two_node_mesh() {
 #[test]
 fn nodes_stopped_by_sigterm_find_each_other_again_without_seeds() {
     // systemd stops with SIGTERM (a graceful leave); both come back with no --join.
-    let mut cluster = Cluster::new("ops").unwrap();
-    let seed = cluster.start("n1", &[]).unwrap();
-    cluster.start("n2", &[seed]).unwrap();
-    assert!(
-        wait_for(SETTLE_MAX, || all_alive(&mut cluster, "n2", 2)
-            .then_some(()))
-        .is_some()
-    );
+    let mut cluster = two_nodes();
     for node in ["n1", "n2"] {
         cluster.terminate(node).unwrap();
         assert_eq!(
@@ -98,14 +103,7 @@ fn nodes_stopped_by_sigterm_find_each_other_again_without_seeds() {
 #[test]
 fn a_restart_right_after_sigterm_waits_for_the_stopping_node() {
     // The new process finds the data directory still locked and waits instead of failing.
-    let mut cluster = Cluster::new("ops").unwrap();
-    let seed = cluster.start("n1", &[]).unwrap();
-    cluster.start("n2", &[seed]).unwrap();
-    assert!(
-        wait_for(SETTLE_MAX, || all_alive(&mut cluster, "n1", 2)
-            .then_some(()))
-        .is_some()
-    );
+    let mut cluster = two_nodes();
     let before = cluster.members("n1").unwrap()["n2"].1;
     cluster.terminate("n2").unwrap();
     cluster.restart_now("n2", &[]).unwrap();
