@@ -63,7 +63,9 @@ fn store_error(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens (or creates) `<data_dir>/node.redb`, creating the directory with mode 0700.
+    /// Opens (or creates) `<data_dir>/node.redb`. The directory ends up 0700 and every file in
+    /// it 0600, whatever the umask or their earlier modes: the inboxes hold other programs'
+    /// messages. Each mode it had to tighten is logged as a warning.
     pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
         let path = data_dir.join(STORE_FILE);
         let other = |e: &dyn std::fmt::Display| OpenError::Other {
@@ -71,6 +73,15 @@ impl RedbStore {
             message: e.to_string(),
         };
         create_private_dir(data_dir).map_err(|e| other(&e))?;
+        create_private_file(&path).map_err(|e| other(&e))?;
+        for tightened in make_private(data_dir).map_err(|e| other(&e))? {
+            tracing::warn!(
+                path = %tightened.path.display(),
+                was = format_args!("{:o}", tightened.was),
+                now = format_args!("{:o}", tightened.now),
+                "tightened the mode of a data-directory entry others could read"
+            );
+        }
         let db = match Database::create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -98,6 +109,60 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// Creates `path` with mode 0600 if it does not exist yet, so the database is never readable by
+/// others, not even between its creation and [`make_private`]. An existing file is left as is.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+/// A mode [`make_private`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tightened {
+    /// The directory or file.
+    pub path: PathBuf,
+    /// Its permission bits before.
+    pub was: u32,
+    /// Its permission bits now.
+    pub now: u32,
+}
+
+/// Takes group and other permissions off `dir` (leaving 0700) and off every file directly in
+/// it (leaving 0600, or less if the owner had less). Returns what it changed.
+pub fn make_private(dir: &Path) -> std::io::Result<Vec<Tightened>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = Vec::new();
+    let mut tighten = |path: &Path, is_dir: bool| -> std::io::Result<()> {
+        let was = std::fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
+        let now = if is_dir { 0o700 } else { was & 0o600 };
+        if was != now {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(now))?;
+            changed.push(Tightened {
+                path: path.to_owned(),
+                was,
+                now,
+            });
+        }
+        Ok(())
+    };
+    tighten(dir, true)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        // Symbolic links are not followed: their targets are not ours to change.
+        if entry.file_type()?.is_symlink() {
+            continue;
+        }
+        tighten(&entry.path(), entry.file_type()?.is_dir())?;
+    }
+    Ok(changed)
 }
 
 impl RedbStore {
@@ -168,6 +233,63 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_data_directory_and_its_database_are_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        drop(RedbStore::open(&dir).unwrap());
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(STORE_FILE)), 0o600);
+    }
+
+    #[test]
+    fn an_open_data_directory_left_readable_by_others_is_tightened() {
+        // A directory made 0755 and files made 0666 and 0644 beforehand, as a umask of 000 or
+        // an earlier version would leave them: opening the store takes the others' bits off.
+        let dir = tempfile::tempdir().unwrap();
+        let set = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let db = dir.path().join(STORE_FILE);
+        let log = dir.path().join("node.log");
+        let nested = dir.path().join("certs");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::write(&log, b"started").unwrap();
+        std::fs::create_dir(&nested).unwrap();
+        set(&db, 0o666);
+        set(&log, 0o644);
+        set(&nested, 0o755);
+        set(dir.path(), 0o755);
+
+        let changed = make_private(dir.path()).unwrap();
+        assert_eq!(changed.len(), 4, "{changed:?}");
+        assert!(changed.contains(&Tightened {
+            path: dir.path().to_owned(),
+            was: 0o755,
+            now: 0o700
+        }));
+        assert!(changed.contains(&Tightened {
+            path: db.clone(),
+            was: 0o666,
+            now: 0o600
+        }));
+        // A second pass has nothing left to do.
+        assert_eq!(make_private(dir.path()).unwrap(), vec![]);
+
+        set(&db, 0o644);
+        set(dir.path(), 0o777);
+        drop(RedbStore::open(dir.path()).unwrap());
+        assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!(mode(&log), 0o600);
+        assert_eq!(mode(&nested), 0o700);
+    }
 
     #[test]
     fn batches_survive_reopening_the_database() {
