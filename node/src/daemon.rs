@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::{ApiError, REQUEST_QUEUE_LEN_MAX, Reply, SOCKET_FILE};
-use crate::api_server::{self, ApiCall};
+use crate::api_server::{self, ClientEvent, ClientTx, RequestSlot};
 use crate::config::Preset;
 use crate::faults::Faults;
 use crate::metrics::{self, Metrics, Scrape, Snapshot};
@@ -365,7 +365,8 @@ enum Stop {
 #[derive(Debug)]
 struct PendingCall {
     id: Option<u64>,
-    reply_tx: mpsc::Sender<Reply>,
+    reply_tx: ClientTx,
+    slot: RequestSlot,
     /// When a `send_to_peer` started, for the delivery latency histogram.
     send_started: Option<Time>,
 }
@@ -373,7 +374,7 @@ struct PendingCall {
 /// A client of member (and, for `monitor`, Pod) events.
 #[derive(Debug)]
 struct Watcher {
-    tx: mpsc::Sender<Reply>,
+    tx: ClientTx,
     /// Also every local Pod's events.
     pods: bool,
 }
@@ -387,7 +388,7 @@ struct Actor {
     pending: BTreeMap<u64, PendingCall>,
     next_token: u64,
     /// Clients attached to each local Pod.
-    attached: BTreeMap<PodName, Vec<mpsc::Sender<Reply>>>,
+    attached: BTreeMap<PodName, Vec<ClientTx>>,
     /// Clients that asked for member events (`watch`), and Pod events too (`monitor`).
     watchers: Vec<Watcher>,
     /// Events for Pods nobody is attached to, replayed as alerts.
@@ -407,7 +408,7 @@ impl Actor {
         &mut self,
         seeds: Vec<SocketAddr>,
         mut inbound_rx: mpsc::Receiver<Inbound>,
-        mut calls_rx: mpsc::Receiver<ApiCall>,
+        mut calls_rx: mpsc::Receiver<ClientEvent>,
         mut scrape_rx: mpsc::Receiver<Scrape>,
     ) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
@@ -439,7 +440,10 @@ impl Actor {
             };
             tokio::select! {
                 Some(inbound) = inbound_rx.recv() => self.inbound(inbound),
-                Some(call) = calls_rx.recv() => self.call(call),
+                Some(event) = calls_rx.recv() => match event {
+                    ClientEvent::Call(call) => self.call(call),
+                    ClientEvent::Closed(client) => self.forget_client(&client),
+                },
                 () = sleep => {
                     self.node.handle_timeout(self.clock.now());
                 }
@@ -541,7 +545,7 @@ impl Actor {
                             Ok(reply) => self.local_reply_json(call.id, reply),
                             Err(error) => Reply::error(call.id, &api_error(error)),
                         };
-                        let _ = call.reply_tx.try_send(reply);
+                        call.reply_tx.answer(call.slot, reply);
                     }
                 }
                 NodeOutput::Published {
@@ -598,11 +602,10 @@ impl Actor {
             "member",
             json!({ "name": data.0.as_str(), "state": data.1, "incarnation": data.2 }),
         );
-        let mut targets: Vec<mpsc::Sender<Reply>> =
-            self.watchers.iter().map(|w| w.tx.clone()).collect();
+        let mut targets: Vec<ClientTx> = self.watchers.iter().map(|w| w.tx.clone()).collect();
         targets.extend(self.attached.values().flatten().cloned());
         for tx in targets {
-            let _ = tx.try_send(reply.clone());
+            tx.send(reply.clone());
         }
     }
 
@@ -652,10 +655,10 @@ impl Actor {
             data.insert("pod".to_owned(), json!(pod.as_str()));
         }
         self.watchers
-            .retain(|w| !w.pods || w.tx.try_send(tagged.clone()).is_ok());
+            .retain(|w| !w.pods || w.tx.send(tagged.clone()));
         let clients = self.attached.entry(pod.clone()).or_default();
         // A client whose queue is full or gone is detached rather than silently skipped.
-        clients.retain(|tx| tx.try_send(reply.clone()).is_ok());
+        clients.retain(|tx| tx.send(reply.clone()));
         if clients.is_empty() {
             let alerts = self.alerts.entry(pod).or_default();
             if alerts.len() >= ALERTS_MAX {

@@ -9,26 +9,28 @@ use podmesh_mesh::{
     PodRecord, PodStatus, Store as _, Time,
 };
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::{Actor, PENDING_CALLS_MAX, PendingCall, Stop, Watcher};
 use crate::api::{ApiError, ErrorCode, Reply};
-use crate::api_server::ApiCall;
+use crate::api_server::{ApiCall, ClientTx};
 use crate::directory::{self, Directory, DirectoryEntry};
 
 impl Actor {
     pub(super) fn call(&mut self, call: ApiCall) {
-        let id = call.request.id;
-        let params = call.request.params.clone();
-        match self.answer(&call.request.method, &params, &call.reply_tx, id) {
+        let ApiCall {
+            request,
+            reply_tx,
+            slot,
+        } = call;
+        let id = request.id;
+        match self.answer(&request.method, &request.params, &reply_tx) {
             Ok(Answer::Now(event, data)) => {
-                let _ = call.reply_tx.try_send(Reply::ok(id, event, data));
+                reply_tx.answer(slot, Reply::ok(id, event, data));
             }
-            Ok(Answer::Sent) => {}
             Ok(Answer::Local(op)) => {
                 if self.pending.len() >= PENDING_CALLS_MAX {
                     let error = ApiError::new(ErrorCode::Busy, "too many requests in progress");
-                    let _ = call.reply_tx.try_send(Reply::error(id, &error));
+                    reply_tx.answer(slot, Reply::error(id, &error));
                     return;
                 }
                 self.next_token += 1;
@@ -37,7 +39,8 @@ impl Actor {
                     token,
                     PendingCall {
                         id,
-                        reply_tx: call.reply_tx,
+                        reply_tx,
+                        slot,
                         send_started: matches!(op, LocalOp::Send { .. }).then(|| self.clock.now()),
                     },
                 );
@@ -45,17 +48,26 @@ impl Actor {
                 self.node.handle_local(token, op, now);
             }
             Err(error) => {
-                let _ = call.reply_tx.try_send(Reply::error(id, &error));
+                reply_tx.answer(slot, Reply::error(id, &error));
             }
         }
+    }
+
+    /// Drops a client that has hung up from the Pods it attached to and from the watchers, so
+    /// nothing but replies it is still owed holds its connection open.
+    pub(super) fn forget_client(&mut self, client: &ClientTx) {
+        for clients in self.attached.values_mut() {
+            clients.retain(|tx| !tx.same_client(client));
+        }
+        self.attached.retain(|_, clients| !clients.is_empty());
+        self.watchers.retain(|w| !w.tx.same_client(client));
     }
 
     fn answer(
         &mut self,
         method: &str,
         params: &Value,
-        reply_tx: &mpsc::Sender<Reply>,
-        id: Option<u64>,
+        reply_tx: &ClientTx,
     ) -> Result<Answer, ApiError> {
         match method {
             "members" => Ok(Answer::Now(
@@ -162,7 +174,7 @@ impl Actor {
                     let mut alert = alert;
                     alert.data = json!({ "event": alert.event, "data": alert.data });
                     alert.event = "alert".to_owned();
-                    let _ = reply_tx.try_send(alert);
+                    reply_tx.send(alert);
                 }
                 let me = PodAddr::new(pod.clone(), self.node.mesh().name().clone());
                 let snapshot = json!({
@@ -170,9 +182,8 @@ impl Actor {
                     "pods": directory::visible(&me, &record, &self.directory()),
                     "members": self.members_json(),
                 });
-                let _ = reply_tx.try_send(Reply::ok(id, "snapshot", snapshot));
                 self.attached.entry(pod).or_default().push(reply_tx.clone());
-                Ok(Answer::Sent)
+                Ok(Answer::Now("snapshot", snapshot))
             }
             "watch" | "monitor" => {
                 self.watchers.retain(|w| !w.tx.is_closed());
@@ -381,8 +392,6 @@ impl Actor {
 enum Answer {
     /// Reply now with this event and data.
     Now(&'static str, Value),
-    /// Already replied (the attach prelude).
-    Sent,
     /// Run on the Peers machine; the reply comes with its output.
     Local(LocalOp),
 }
