@@ -304,6 +304,7 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     let socket = data_dir.join(SOCKET_FILE);
     let listener = api_server::bind(&socket)
         .with_context(|| format!("cannot create the local API socket {}", socket.display()))?;
+    let socket_file = RemoveOnDrop(socket);
     let (calls_tx, calls_rx) = mpsc::channel(REQUEST_QUEUE_LEN_MAX);
     let api_task = tokio::spawn(api_server::serve(listener, calls_tx));
     let (scrape_tx, scrape_rx) = mpsc::channel(SCRAPES_QUEUED_MAX);
@@ -322,6 +323,7 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     println!("podmesh node {node} {LISTENING} {bound} (advertising {advertise})");
 
     let mut actor = Actor {
+        _socket_file: socket_file,
         node: node_state,
         transport: transport.clone(),
         clock,
@@ -346,10 +348,20 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     if let Some(task) = metrics_task {
         task.abort();
     }
-    let _ = std::fs::remove_file(&socket);
     transport.close().await;
     info!(node = %node, "node stopped");
     result
+}
+
+/// Removes the local API socket however the node exits: a return, an error or a panic. Only a
+/// kill leaves it behind, and the next start replaces it.
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Why the actor is winding down.
@@ -380,6 +392,9 @@ struct Watcher {
 }
 
 struct Actor {
+    /// First, so that the socket goes before the store's lock: a node starting next never
+    /// has its new socket removed by this one.
+    _socket_file: RemoveOnDrop,
     node: Node<RedbStore>,
     transport: Transport,
     clock: Clock,

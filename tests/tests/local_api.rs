@@ -184,3 +184,44 @@ fn the_data_directory_is_private_under_umask_000_new_or_left_open() {
     assert_eq!(mode(&open.join("notes.txt")), 0o600);
     assert_eq!(std::fs::read(open.join("notes.txt")).unwrap(), b"kept");
 }
+
+#[test]
+fn the_socket_is_removed_on_every_way_of_stopping_and_sighup_stops_nothing() {
+    let mut cluster = Cluster::new("api").unwrap();
+    for (name, stop) in [("n1", "TERM"), ("n2", "INT"), ("n3", "shutdown")] {
+        cluster.start(name, &[]).unwrap();
+        let socket = cluster.node(name).data_dir.join("podmesh.sock");
+        assert!(socket.exists());
+        let pid = cluster.node(name).pid().unwrap().to_string();
+        // SIGHUP reloads; the node stays up and keeps serving.
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(cluster.api(name, "members", json!({})).unwrap().is_ok());
+        assert!(cluster.node(name).is_running(), "{name} died of SIGHUP");
+        if stop == "shutdown" {
+            let _ = cluster.api(name, "shutdown", json!({}));
+        } else {
+            let signal = format!("-{stop}");
+            assert!(
+                Command::new("kill")
+                    .args([&signal, &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let exited = cluster.wait_exit(name, Duration::from_secs(30));
+        assert_eq!(
+            exited,
+            Some(true),
+            "{name} after {stop}: {}",
+            cluster.log(name)
+        );
+        assert!(!socket.exists(), "{name} left its socket after {stop}");
+    }
+}
