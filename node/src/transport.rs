@@ -34,6 +34,18 @@ pub struct TransportLimits {
     /// Inbound frames queued towards the actor; when full, datagrams are dropped and stream
     /// readers wait (back-pressure on that peer only).
     pub inbound_queue_len_max: usize,
+    /// Streams of each kind a peer may have open towards this node at once; more wait for one
+    /// to end (QUIC's stream limit), so a connection holds at most this many frame reads.
+    pub streams_per_connection_max: u32,
+    /// Stream bytes a peer may have sent and this node not yet read, over all of a
+    /// connection's streams (QUIC's connection flow-control window). It bounds what one
+    /// connection makes the node hold, whatever its peer writes.
+    pub connection_window: u32,
+    /// Datagram bytes buffered per connection before the oldest are dropped.
+    pub datagram_buffer: usize,
+    /// How long an inbound stream may take to deliver its whole frame; a slower one is stopped,
+    /// so a peer writing slowly cannot hold its buffers.
+    pub frame_read_timeout: Duration,
 }
 
 impl Default for TransportLimits {
@@ -48,6 +60,16 @@ impl Default for TransportLimits {
             request_timeout: Duration::from_millis(2500),
             idle_timeout: Duration::from_secs(60),
             inbound_queue_len_max: 4096,
+            // Frames are one per stream and nearly always small; 16 of each kind keep delivery
+            // and gossip streams flowing side by side.
+            streams_per_connection_max: 16,
+            // Two whole frames of the largest size: a large frame is never starved, and a
+            // connection holds at most 2 MiB of unread stream data.
+            connection_window: 2 << 20,
+            // About 100 full-size datagrams: several protocol periods of gossip.
+            datagram_buffer: 128 << 10,
+            // Well past what a 1 MiB frame takes on a slow path, far short of forever.
+            frame_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -122,6 +144,8 @@ pub struct TransportStats {
     pub handshakes_refused: std::sync::atomic::AtomicU64,
     /// Inbound frames over the size limit.
     pub frames_too_large: std::sync::atomic::AtomicU64,
+    /// Inbound frames not complete within `frame_read_timeout`.
+    pub frames_too_slow: std::sync::atomic::AtomicU64,
     /// Inbound datagrams dropped because the actor's queue was full.
     pub datagrams_dropped: std::sync::atomic::AtomicU64,
 }
@@ -167,7 +191,15 @@ fn transport_config(limits: &TransportLimits) -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout) {
         config.max_idle_timeout(Some(idle));
     }
-    config.datagram_receive_buffer_size(Some(1 << 20));
+    // What one connection can make this node hold, from our own frame limits: quinn's defaults
+    // let a peer keep 100 streams of 1.25 MB each in flight with no connection-wide cap.
+    let frame = u32::try_from(limits.frame_size_max).unwrap_or(u32::MAX);
+    config.max_concurrent_uni_streams(limits.streams_per_connection_max.into());
+    config.max_concurrent_bidi_streams(limits.streams_per_connection_max.into());
+    config.stream_receive_window(frame.into());
+    config.receive_window(limits.connection_window.max(frame).into());
+    config.send_window(u64::from(limits.connection_window.max(frame)));
+    config.datagram_receive_buffer_size(Some(limits.datagram_buffer));
     Arc::new(config)
 }
 
@@ -519,7 +551,16 @@ impl Transport {
             let transport = self.clone();
             let from = from.clone();
             tokio::spawn(async move {
-                match stream.read_to_end(transport.limits.frame_size_max).await {
+                let read = stream.read_to_end(transport.limits.frame_size_max);
+                let Ok(read) =
+                    tokio::time::timeout(transport.limits.frame_read_timeout, read).await
+                else {
+                    bump(&transport.stats.frames_too_slow);
+                    let _ = stream.stop(2u32.into());
+                    debug!(node = %from, "stream frame too slow; stopped");
+                    return;
+                };
+                match read {
                     Ok(bytes) => {
                         let _ = transport
                             .inbound_tx
@@ -542,7 +583,16 @@ impl Transport {
             let transport = self.clone();
             let from = from.clone();
             tokio::spawn(async move {
-                let bytes = match recv.read_to_end(transport.limits.frame_size_max).await {
+                let read = recv.read_to_end(transport.limits.frame_size_max);
+                let Ok(read) =
+                    tokio::time::timeout(transport.limits.frame_read_timeout, read).await
+                else {
+                    bump(&transport.stats.frames_too_slow);
+                    let _ = recv.stop(2u32.into());
+                    let _ = send.reset(2u32.into());
+                    return;
+                };
+                let bytes = match read {
                     Ok(bytes) => bytes,
                     Err(quinn::ReadToEndError::TooLong) => {
                         bump(&transport.stats.frames_too_large);
@@ -602,5 +652,89 @@ impl Transport {
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use podmesh_certs::{CaValidity, MeshCa, MeshName, NodeCertOptions, NodeIdentity};
+
+    use super::*;
+
+    fn tls(ca: &MeshCa, name: &str, dir: &std::path::Path) -> MeshTls {
+        let node = NodeName::new(name).unwrap();
+        let certs = dir.join(name);
+        ca.issue(&node, &NodeCertOptions::default())
+            .unwrap()
+            .write(&certs, false)
+            .unwrap();
+        MeshTls::new(&NodeIdentity::load(&certs).unwrap(), Default::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_peer_writing_frames_slowly_holds_its_streams_only_until_the_read_timeout() {
+        // A peer that opens streams and never finishes them: it cannot have more than
+        // `streams_per_connection_max` open at once, and each is stopped (its buffer dropped)
+        // after `frame_read_timeout`.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = MeshCa::create(MeshName::new("t").unwrap(), CaValidity::default()).unwrap();
+        let limits = TransportLimits {
+            streams_per_connection_max: 2,
+            frame_read_timeout: Duration::from_millis(300),
+            ..TransportLimits::default()
+        };
+        let (inbound_tx, mut inbound) = mpsc::channel(16);
+        let node = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls(&ca, "n1", dir.path()),
+            limits,
+            inbound_tx,
+        )
+        .unwrap();
+
+        let peer = tls(&ca, "n2", dir.path());
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server_name = peer.server_name(&ServerTarget::Node(NodeName::new("n1").unwrap()));
+        let connection = endpoint
+            .connect_with(
+                peer.quinn_client().unwrap(),
+                node.local_addr().unwrap(),
+                &server_name,
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        let mut first = connection.open_uni().await.unwrap();
+        first.write_all(b"the start of a frame").await.unwrap();
+        let mut second = connection.open_uni().await.unwrap();
+        second.write_all(b"another start").await.unwrap();
+
+        // Two streams are all it may have open: a third is refused on its first try.
+        let refused = tokio::time::timeout(Duration::ZERO, connection.open_uni()).await;
+        assert!(refused.is_err(), "a third stream opened at once");
+
+        let wait = Duration::from_secs(30);
+        for stream in [&mut first, &mut second] {
+            let stopped = tokio::time::timeout(wait, stream.stopped()).await.unwrap();
+            assert_eq!(stopped.unwrap(), Some(2u32.into()));
+        }
+        assert_eq!(node.stats().frames_too_slow.load(Relaxed), 2);
+        // Once it lets the stopped streams go, it may open others.
+        drop((first, second));
+        let mut third = tokio::time::timeout(wait, connection.open_uni())
+            .await
+            .expect("the node never gave the streams back")
+            .unwrap();
+        // A whole frame sent at once still arrives.
+        third.write_all(b"a whole frame").await.unwrap();
+        third.finish().unwrap();
+
+        let message = tokio::time::timeout(wait, inbound.recv()).await.unwrap();
+        assert!(
+            matches!(message, Some(Inbound::Message { ref bytes, .. }) if bytes == b"a whole frame"),
+            "{message:?}"
+        );
     }
 }

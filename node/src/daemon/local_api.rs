@@ -383,6 +383,7 @@ impl Actor {
                 "connect_failures": load(&stats.connect_failures),
                 "handshakes_refused": load(&stats.handshakes_refused),
                 "frames_too_large": load(&stats.frames_too_large),
+                "frames_too_slow": load(&stats.frames_too_slow),
             },
         })
     }
