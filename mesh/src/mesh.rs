@@ -34,6 +34,7 @@ use broadcast::Broadcasts;
 use digest::Digest;
 use entries::StateMap;
 use members::Members;
+use state::Onward;
 
 pub use api::{Command, Counters, Event, Input, Member, Output, StateEntry, Target};
 
@@ -498,16 +499,9 @@ impl<S: Store> Mesh<S> {
                 }
                 Ok(())
             }
-            Command::PutState { key, value } => {
-                self.check_local_write(&key)?;
-                if value.len() > self.config.state_value_size_max {
-                    return Err(Error::StateValue {
-                        len: value.len(),
-                        max: self.config.state_value_size_max,
-                    });
-                }
-                self.write_own(key, Some(value), now);
-                Ok(())
+            Command::PutState { key, value } => self.put_state(key, value, Onward::Piggyback, now),
+            Command::PutSyncedState { key, value } => {
+                self.put_state(key, value, Onward::StreamsOnly, now)
             }
             Command::DeleteState { key } => {
                 if self.left {
@@ -519,7 +513,7 @@ impl<S: Store> Mesh<S> {
                     .and_then(|map| map.get(&key))
                     .is_some_and(|e| e.value.is_some());
                 if exists {
-                    self.write_own(key, None, now);
+                    self.write_own(key, None, Onward::Piggyback, now);
                 }
                 Ok(())
             }

@@ -130,7 +130,7 @@ impl<S: Store> Node<S> {
         };
         let info = node_info(advertise, node.wall_ms(now));
         node.mesh.handle(
-            Input::Command(Command::PutState {
+            Input::Command(Command::PutSyncedState {
                 key: NODE_INFO_KEY.to_owned(),
                 value: info,
             }),

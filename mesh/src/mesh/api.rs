@@ -65,6 +65,17 @@ pub enum Command {
         /// The value, at most `state_value_size_max` bytes.
         value: Vec<u8>,
     },
+    /// Set a key of this node's replicated state that travels by the stream exchanges only
+    /// (the join push/pull and anti-entropy), never by piggyback: for a value that changes once
+    /// per life and need not arrive within seconds, such as the node's information. Piggybacked,
+    /// such a value costs every node a share of its datagrams for every other node's value
+    /// whenever many nodes start together; anti-entropy delivers it within a few sync rounds.
+    PutSyncedState {
+        /// The key, 1 to `state_key_size_max` bytes.
+        key: String,
+        /// The value, at most `state_value_size_max` bytes.
+        value: Vec<u8>,
+    },
     /// Delete a key of this node's replicated state (a tombstone).
     DeleteState {
         /// The key.

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use super::state::Onward;
 use super::{Mesh, SEQ_LEN_SLACK, sample};
 use crate::codec::{self, Datagram, MemberState, Probe, StateRecord, Update};
 use crate::store::Store;
@@ -136,7 +137,7 @@ impl<S: Store> Mesh<S> {
                 source,
             } => self.on_dead(name, incarnation, source, now),
             Update::Left { name, incarnation } => self.on_left(name, incarnation, now),
-            Update::State(record) => self.on_state(*record, now),
+            Update::State(record) => self.on_state(*record, Onward::Piggyback, now),
         }
     }
 }

@@ -31,7 +31,31 @@ impl<S: Store> Mesh<S> {
         Ok(())
     }
 
-    pub(super) fn write_own(&mut self, key: String, value: Option<Vec<u8>>, now: Time) {
+    pub(super) fn put_state(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        onward: Onward,
+        now: Time,
+    ) -> Result<(), Error> {
+        self.check_local_write(&key)?;
+        if value.len() > self.config.state_value_size_max {
+            return Err(Error::StateValue {
+                len: value.len(),
+                max: self.config.state_value_size_max,
+            });
+        }
+        self.write_own(key, Some(value), onward, now);
+        Ok(())
+    }
+
+    pub(super) fn write_own(
+        &mut self,
+        key: String,
+        value: Option<Vec<u8>>,
+        onward: Onward,
+        now: Time,
+    ) {
         self.state_version += 1;
         let record = StateRecord {
             owner: self.me.clone(),
@@ -48,7 +72,9 @@ impl<S: Store> Mesh<S> {
         };
         let me = self.me.clone();
         self.set_entry(&me, &key, entry);
-        self.enqueue_state(record);
+        if onward == Onward::Piggyback {
+            self.enqueue_state(record);
+        }
         self.emit(Event::StateChanged {
             node: self.me.clone(),
             key,
@@ -64,7 +90,13 @@ impl<S: Store> Mesh<S> {
                 .is_none_or(|v| v.len() <= self.config.state_value_size_max)
     }
 
-    pub(super) fn on_state(&mut self, record: StateRecord, now: Time) {
+    /// Applies a received record. `onward` says whether it goes on by piggyback: a record that
+    /// came by piggyback does, as rumours do; one that came in a stream exchange (a push/pull or
+    /// an anti-entropy delta) does not, since the exchange is the repair path and anti-entropy
+    /// completes what it leaves out, as memberlist merges a push/pull's user state without
+    /// broadcasting it. Without this rule every node joining through a seed would piggyback the
+    /// whole state the seed gave it.
+    pub(super) fn on_state(&mut self, record: StateRecord, onward: Onward, now: Time) {
         if !self.record_in_bounds(&record) {
             self.counters.bad_records += 1;
             return;
@@ -100,7 +132,9 @@ impl<S: Store> Mesh<S> {
             node: record.owner.clone(),
             key: record.key.clone(),
         });
-        self.enqueue_state(record);
+        if onward == Onward::Piggyback {
+            self.enqueue_state(record);
+        }
     }
 
     /// Someone holds an entry of ours that this life did not write (a previous life's key that
@@ -117,7 +151,7 @@ impl<S: Store> Mesh<S> {
         if record.generation == self.generation {
             self.state_version = self.state_version.max(record.version);
         }
-        self.write_own(record.key, None, now);
+        self.write_own(record.key, None, Onward::Piggyback, now);
     }
 
     /// Stores an entry and keeps the digest in step.
@@ -140,6 +174,16 @@ impl<S: Store> Mesh<S> {
         self.digest.entry_changed(owner, old, new);
         self.refresh_digest(owner);
     }
+}
+
+/// Whether a record of replicated state goes on by piggyback from this node, or by the stream
+/// exchanges only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Onward {
+    /// Queued for piggyback, then carried by the stream exchanges too.
+    Piggyback,
+    /// Carried by the stream exchanges only.
+    StreamsOnly,
 }
 
 pub(super) fn state_record(owner: &NodeName, key: &str, e: &Entry) -> StateRecord {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use super::digest::summary;
 #[cfg(test)]
 use super::digest::{Digest, entry_hash};
-use super::state::state_record;
+use super::state::{Onward, state_record};
 use super::{MESSAGE_OVERHEAD, Mesh, sample, shuffle};
 use crate::codec::{self, Body, MemberRecord, MemberState, Message, StateRecord};
 use crate::store::Store;
@@ -378,7 +378,7 @@ impl<S: Store> Mesh<S> {
             self.apply_record(record, from, now);
         }
         for record in entries {
-            self.on_state(record, now);
+            self.on_state(record, Onward::StreamsOnly, now);
         }
     }
 
