@@ -41,7 +41,11 @@ pub use api::{Command, Counters, Event, Input, Member, Output, StateEntry, Targe
 /// Key of the incarnation in [`Table::Meta`], stored as 8 big-endian bytes.
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
-/// Probe periods after its start at which a node runs its first anti-entropy round.
+/// Probe periods after its start at which a node runs its first anti-entropy round, and between
+/// rounds while its roster is still growing. A member missed by the join push/pull and by gossip
+/// (its rumour may have died out before reaching this node) is then repaired within seconds
+/// rather than at the next `sync_interval`; once a whole round passes with no new member, rounds
+/// return to `sync_interval`, so a settled mesh pays nothing for it.
 const FIRST_SYNC_PROBE_PERIODS: u32 = 2;
 
 /// Mixed into the RNG seed to draw a fresh store's first incarnation.
@@ -151,6 +155,10 @@ pub struct Mesh<S> {
     /// Failure news (suspect, dead, left, a refutation) was queued: push it at once instead of
     /// waiting for the next gossip tick, since detection and refutation times are bounded.
     urgent: bool,
+    /// A member this node did not know arrived since the latest anti-entropy round began: the
+    /// roster is still growing (a join), so the next round comes after
+    /// [`FIRST_SYNC_PROBE_PERIODS`] rather than `sync_interval`.
+    roster_grew: bool,
     next_token: u64,
     counters: Counters,
 }
@@ -234,6 +242,7 @@ impl<S: Store> Mesh<S> {
             dirty: BTreeSet::new(),
             full_rewrite: true,
             urgent: false,
+            roster_grew: false,
             next_token: 0,
             counters,
             config,
@@ -548,7 +557,13 @@ impl<S: Store> Mesh<S> {
                 self.gossip_round(now);
             }
             Timer::Sync => {
-                self.schedule(now + self.config.sync_interval, Timer::Sync);
+                let next = if std::mem::take(&mut self.roster_grew) {
+                    (self.config.probe_interval * FIRST_SYNC_PROBE_PERIODS)
+                        .min(self.config.sync_interval)
+                } else {
+                    self.config.sync_interval
+                };
+                self.schedule(now + next, Timer::Sync);
                 self.start_sync();
             }
             Timer::Reconnect => {

@@ -300,6 +300,7 @@ impl<S: Store> Mesh<S> {
                 }
                 self.members
                     .insert(name.clone(), MemberEntry::alive(addr, incarnation, now));
+                self.roster_grew = true;
                 self.members.set_live(&name);
                 self.add_to_probe_order(name.clone());
             }
