@@ -1743,3 +1743,181 @@ fn a_drained_output_queue_gives_back_the_room_of_a_burst() {
     assert_eq!(events, 200);
     assert!(mesh.outputs.capacity() <= OUTPUTS_KEPT);
 }
+
+fn record_of(owner: usize, key: &str) -> StateRecord {
+    StateRecord {
+        owner: name(owner),
+        key: key.into(),
+        generation: 1,
+        version: 1,
+        value: Some(vec![7]),
+    }
+}
+
+/// Keys of the state updates a node's datagrams carry in `log`.
+fn piggybacked_keys(log: &[Sent], from: usize) -> BTreeSet<String> {
+    log.iter()
+        .filter(|s| s.from == from)
+        .filter_map(|s| match &s.output {
+            Output::Datagram { bytes, .. } => codec::decode_datagram(bytes, 1 << 20).ok(),
+            _ => None,
+        })
+        .flat_map(|d| d.updates)
+        .filter_map(|u| match u {
+            Update::State(record) => Some(record.key),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_record_from_a_stream_exchange_is_applied_but_not_piggybacked_onward() {
+    // A rumour goes on; what a push/pull brought is the repair path, and is not re-gossiped.
+    let mut mesh = lone(Config::lan());
+    feed(&mut mesh, 1, gossip(vec![alive(1, 1)]), Time::ZERO);
+    let queued = mesh.queue.len();
+    let push_pull = codec::encode_message(&Message {
+        addr: addr(1),
+        body: Body::PushPull {
+            reply: false,
+            members: Vec::new(),
+            entries: vec![record_of(1, "pod/streamed")],
+        },
+    });
+    mesh.handle(
+        Input::Message {
+            from: name(1),
+            bytes: push_pull,
+        },
+        Time::ZERO,
+    )
+    .unwrap();
+    assert_eq!(mesh.state_of(&name(1)).count(), 1, "the record is applied");
+    assert_eq!(mesh.queue.len(), queued, "and not queued for piggyback");
+    feed(
+        &mut mesh,
+        1,
+        gossip(vec![Update::State(Box::new(record_of(1, "pod/rumour")))]),
+        Time::ZERO,
+    );
+    assert_eq!(mesh.state_of(&name(1)).count(), 2);
+    assert_eq!(mesh.queue.len(), queued + 1, "a rumour goes on");
+}
+
+#[test]
+fn synced_state_is_never_piggybacked_and_reaches_every_node_by_anti_entropy() {
+    let n = 5;
+    let mut net = Net::joined(n, Config::lan());
+    let from = net.log.len();
+    net.command(
+        2,
+        Command::PutSyncedState {
+            key: "node".into(),
+            value: b"info".to_vec(),
+        },
+    );
+    net.command(
+        3,
+        Command::PutState {
+            key: "pod/x".into(),
+            value: vec![1],
+        },
+    );
+    let rounds = Config::lan().sync_interval * 4;
+    let spread = net.run_until_true(rounds, |net| {
+        (0..n).all(|i| net.mesh(i).state_of(&name(2)).any(|(k, _)| k == "node"))
+    });
+    assert!(spread.is_some(), "anti-entropy carries the synced key");
+    for i in 0..n {
+        let keys = piggybacked_keys(&net.log[from..], i);
+        assert!(
+            !keys.contains("node"),
+            "node {i} piggybacked the synced key"
+        );
+    }
+    assert!(
+        piggybacked_keys(&net.log[from..], 3).contains("pod/x"),
+        "an ordinary write is piggybacked (the check above can fail)"
+    );
+}
+
+/// The times of a lone node's anti-entropy rounds over `window`, with a new member heard of
+/// (by gossip) at each of `arrivals`.
+fn sync_times(mesh: &mut Mesh<MemStore>, window: Duration, mut arrivals: Vec<Time>) -> Vec<Time> {
+    let next_sync = |mesh: &Mesh<MemStore>| {
+        mesh.timers
+            .iter()
+            .find(|(_, timer)| matches!(timer, Timer::Sync))
+            .map(|((at, _), _)| *at)
+            .unwrap()
+    };
+    let mut times = vec![next_sync(mesh)];
+    let mut members = 1;
+    let end = Time::ZERO + window;
+    loop {
+        let next_timer = mesh.poll_timeout().unwrap();
+        let next = arrivals
+            .first()
+            .map_or(next_timer, |t| (*t).min(next_timer));
+        if next > end {
+            times.pop_if(|t| *t > end);
+            return times;
+        }
+        if arrivals.first() == Some(&next) {
+            arrivals.remove(0);
+            feed(mesh, members, gossip(vec![alive(members, 1)]), next);
+            members += 1;
+        } else {
+            mesh.handle_timeout(next);
+        }
+        drain_all(mesh);
+        let at = next_sync(mesh);
+        if times.last() != Some(&at) {
+            times.push(at);
+        }
+    }
+}
+
+#[test]
+fn anti_entropy_follows_up_within_two_probe_periods_only_while_the_roster_grows() {
+    let config = Config::lan();
+    let probe = config.probe_interval;
+    let short = probe * FIRST_SYNC_PROBE_PERIODS;
+    let mut mesh = lone(config.clone());
+    // New members arrive during the first 4 s, then none.
+    let arrivals = vec![
+        Time::ZERO + Duration::from_millis(100),
+        Time::ZERO + Duration::from_millis(2_900),
+        Time::ZERO + Duration::from_millis(3_900),
+    ];
+    let times = sync_times(&mut mesh, Duration::from_secs(40), arrivals);
+    let gaps: Vec<Duration> = times
+        .windows(2)
+        .map(|w| w[1].saturating_since(w[0]))
+        .collect();
+    assert!(times.len() >= 4, "{times:?}");
+    // The first round (at two to three probe periods) saw the roster grow, and so did the
+    // second: both follow up after two probe periods. The third saw nothing new.
+    assert_eq!(gaps[0], short, "{times:?}");
+    assert_eq!(gaps[1], short, "{times:?}");
+    assert!(
+        gaps[2..].iter().all(|g| *g == config.sync_interval),
+        "{times:?}"
+    );
+    // Without new members after the first round, the pace is sync_interval from the start.
+    let mut settled = lone(config.clone());
+    let times = sync_times(
+        &mut settled,
+        Duration::from_secs(40),
+        vec![Time::ZERO + Duration::from_millis(100)],
+    );
+    let gaps: Vec<Duration> = times
+        .windows(2)
+        .map(|w| w[1].saturating_since(w[0]))
+        .collect();
+    assert_eq!(gaps[0], short, "{times:?}");
+    assert!(
+        gaps[1..].iter().all(|g| *g == config.sync_interval),
+        "{times:?}"
+    );
+}
