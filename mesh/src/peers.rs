@@ -59,6 +59,10 @@ pub struct PeersConfig {
     pub message_size_max: usize,
     /// Messages one inbox holds; a full inbox refuses with `inbox_full`, never drops.
     pub inbox_len_max: usize,
+    /// Messages from the Pods of one node, together, that one inbox holds (a quarter of
+    /// `inbox_len_max`): a node flooding a Pod fills its own share, refused with `inbox_full`,
+    /// and leaves three quarters of the inbox to every other sender.
+    pub inbox_share_per_node_max: usize,
     /// Message ids remembered for deduplication, per node (oldest forgotten first). Must exceed
     /// the messages a sender can retry within its attempts.
     pub dedupe_ids_max: usize,
@@ -68,11 +72,19 @@ pub struct PeersConfig {
     /// state value, under `Config::state_value_size_max` (16 KiB): a peer address takes at most
     /// 130 bytes, a child name 65.
     pub peers_per_pod_max: usize,
+    /// Peers of one local Pod that the Pods of one other node may be (a quarter of
+    /// `peers_per_pod_max`): a node that registers its Pods with someone else's Pod takes at most
+    /// this many of its peer slots, so other nodes always find room.
+    pub peers_per_pod_per_node_max: usize,
     /// Spawned children one Pod keeps, and reclaimed children it remembers (the oldest by name
     /// forgotten first).
     pub children_per_pod_max: usize,
     /// Handshakes in progress (coordinator and participant entries together).
     pub handshakes_max: usize,
+    /// Handshakes in progress here that one other node coordinates (an eighth of
+    /// `handshakes_max`): a coordinator that prepares and never finishes holds at most this many
+    /// participant entries, and honest coordinators keep the rest.
+    pub handshakes_per_node_max: usize,
     /// Outputs queued for the driver; past it the oldest requests are dropped (they time out
     /// and are retried like any lost message).
     pub output_queue_max: usize,
@@ -87,13 +99,16 @@ impl Default for PeersConfig {
             delivery_attempts: 3,
             message_size_max: 64 * 1024,
             inbox_len_max: 1024,
+            inbox_share_per_node_max: 256,
             dedupe_ids_max: 16 * 1024,
             // One replicated state key per Pod, under `Config::state_keys_max` (1024) with room
             // for the node's own keys.
             pods_max: 1000,
             peers_per_pod_max: 64,
+            peers_per_pod_per_node_max: 16,
             children_per_pod_max: 32,
             handshakes_max: 256,
+            handshakes_per_node_max: 32,
             output_queue_max: 4096,
         }
     }
@@ -388,6 +403,8 @@ pub struct Peers {
     waiting: BTreeMap<RequestId, u64>,
     participating: BTreeMap<RequestId, PartEntry>,
     inboxes: BTreeMap<PodName, VecDeque<u64>>,
+    /// Messages in each local inbox by sending node, for `inbox_share_per_node_max`.
+    inbox_shares: BTreeMap<(PodName, NodeName), usize>,
     inbox_seq: u64,
     dedupe: BTreeSet<RequestId>,
     dedupe_order: VecDeque<RequestId>,
@@ -419,6 +436,7 @@ impl Peers {
             waiting: BTreeMap::new(),
             participating: BTreeMap::new(),
             inboxes: BTreeMap::new(),
+            inbox_shares: BTreeMap::new(),
             inbox_seq: 0,
             dedupe: BTreeSet::new(),
             dedupe_order: VecDeque::new(),
@@ -450,6 +468,11 @@ impl Peers {
                         .and_then(|b| std::str::from_utf8(b).ok())
                         .and_then(|s| s.parse::<PodName>().ok());
                     if let Some(pod) = pod {
+                        let entry: InboxEntry = codec::decode_record(&value)?;
+                        *peers
+                            .inbox_shares
+                            .entry((pod.clone(), entry.from.node))
+                            .or_default() += 1;
                         peers.inboxes.entry(pod).or_default().push_back(seq);
                     }
                     peers.inbox_seq = peers.inbox_seq.max(seq + 1);

@@ -130,6 +130,17 @@ impl Peers {
                 format!("the inbox of {to} holds {queued} messages"),
             ));
         }
+        let share = (to.clone(), from.node.clone());
+        let held = self.inbox_shares.get(&share).copied().unwrap_or(0);
+        if held >= self.config.inbox_share_per_node_max {
+            return Err(PeerError::new(
+                ErrorCode::InboxFull,
+                format!(
+                    "the inbox of {to} holds {held} messages from {}, its share",
+                    from.node
+                ),
+            ));
+        }
         let entry = InboxEntry {
             id: id.clone(),
             from: from.clone(),
@@ -164,12 +175,19 @@ impl Peers {
         self.dedupe.insert(id.clone());
         self.dedupe_order.push_back(id);
         self.inboxes.entry(to.clone()).or_default().push_back(seq);
+        *self.inbox_shares.entry(share).or_default() += 1;
         self.counters.messages_delivered += 1;
         self.push(PeersOutput::Event(PodEvent::Notification {
             pod: to.clone(),
             entry,
         }));
         Ok(())
+    }
+
+    /// Forgets local inbox `pod` after its messages were deleted from the store.
+    pub(super) fn forget_inbox(&mut self, pod: &PodName) {
+        self.inboxes.remove(pod);
+        self.inbox_shares.retain(|(p, _), _| p != pod);
     }
 
     /// Every message in the inboxes of `store`, by receiving Pod, oldest first. For checkers

@@ -470,6 +470,20 @@ impl Peers {
                 "too many peer handshakes in progress",
             ));
         }
+        let coordinator = &id.node;
+        let held = self
+            .participating
+            .keys()
+            .filter(|other| other.node == *coordinator)
+            .count();
+        if held >= self.config.handshakes_per_node_max {
+            return Err(PeerError::new(
+                ErrorCode::Busy,
+                format!(
+                    "{held} peer handshakes of {coordinator} already in progress here, its share"
+                ),
+            ));
+        }
         let had_before = record.peers.contains(&source);
         if op == PeerOp::Register
             && !had_before
@@ -480,6 +494,23 @@ impl Peers {
                 format!(
                     "pod {target} already has {} peers",
                     self.config.peers_per_pod_max
+                ),
+            ));
+        }
+        let from_node = record
+            .peers
+            .iter()
+            .filter(|peer| peer.node == source.node)
+            .count();
+        if op == PeerOp::Register
+            && !had_before
+            && from_node >= self.config.peers_per_pod_per_node_max
+        {
+            return Err(PeerError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "pod {target} already has {from_node} peers on {}, that node's share",
+                    source.node
                 ),
             ));
         }

@@ -115,7 +115,7 @@ impl Peers {
             return Some(Err(e));
         }
         self.pods.remove(name);
-        self.inboxes.remove(name);
+        self.forget_inbox(name);
         for parent in parents {
             self.publish(parent.clone());
             self.pods.insert(parent.name.clone(), parent);
@@ -179,7 +179,7 @@ impl Peers {
             if let Err(e) = self.write(batch, store) {
                 return Some(Err(e));
             }
-            self.inboxes.remove(pod);
+            self.forget_inbox(pod);
         }
         Some(Ok(LocalReply::Inbox(entries)))
     }

@@ -660,19 +660,91 @@ fn only_peers_may_deliver() {
     assert!(inbox(&mut net, N2, "b").is_empty());
 }
 
+/// Sends `request` to n2 as node `from` would (its name authenticated), bypassing `from`'s own
+/// machine: for nodes that follow the protocol only as far as a test needs, or not at all.
+fn to_n2(net: &mut Net, from: &str, request: &PeerRequest) -> PeerResponse {
+    let now = net.now;
+    let (peers, store) = net.nodes.get_mut(N2).unwrap();
+    let answer = peers
+        .handle_request(&node(from), &codec::encode_peer(request), now, 0, store)
+        .unwrap();
+    net.collect(N2);
+    codec::decode_peer(&answer, RESPONSE_SIZE_MAX).unwrap()
+}
+
+fn hand_id(from: &str, seq: u64) -> RequestId {
+    RequestId {
+        node: node(from),
+        incarnation: 1,
+        seq,
+    }
+}
+
+/// Node `from` prepares registering its Pod `source` with `target` on n2, as handshake `seq`.
+fn hand_prepare(net: &mut Net, from: &str, seq: u64, source: &str, target: &str) -> PeerResponse {
+    let request = PeerRequest::Prepare {
+        id: hand_id(from, seq),
+        source: PodAddr::new(pod(source), node(from)),
+        target: pod(target),
+        op: PeerOp::Register,
+    };
+    to_n2(net, from, &request)
+}
+
+/// Node `from` registers its Pod `source` with `target` on n2, both phases, as handshake `seq`.
+fn hand_register(net: &mut Net, from: &str, seq: u64, source: &str, target: &str) {
+    assert_eq!(
+        hand_prepare(net, from, seq, source, target),
+        PeerResponse::Prepared
+    );
+    let commit = PeerRequest::Commit {
+        id: hand_id(from, seq),
+    };
+    assert_eq!(to_n2(net, from, &commit), PeerResponse::Acked);
+}
+
+fn hand_deliver(net: &mut Net, from: &str, seq: u64, source: &str, to: &str) -> PeerResponse {
+    let request = PeerRequest::Deliver {
+        id: hand_id(from, 1_000_000 + seq),
+        from: pod(source),
+        to: pod(to),
+        body: format!("m{seq}"),
+    };
+    to_n2(net, from, &request)
+}
+
+fn is_refused(answer: &PeerResponse, code: ErrorCode) -> bool {
+    matches!(answer, PeerResponse::Rejected(e) if e.code == code)
+}
+
 #[test]
 fn a_full_inbox_refuses_instead_of_dropping() {
-    // inbox_len_max messages fit; the next is refused with inbox_full and the sender hears it.
-    let mut net = peered();
-    let max = PeersConfig::default().inbox_len_max;
-    for i in 0..max {
-        send(&mut net, &format!("m{i}"));
-        net.settle();
+    // inbox_len_max messages fit, from several nodes; the next is refused with inbox_full and
+    // the sender hears it.
+    let mut net = Net::new(&[N1, N2, "n3", "n4", "n5", "n6"]);
+    net.create(N1, "a");
+    net.create(N2, "b");
+    register(&mut net);
+    net.settle();
+    let config = PeersConfig::default();
+    let senders = ["n3", "n4", "n5", "n6"];
+    assert_eq!(
+        senders.len() * config.inbox_share_per_node_max,
+        config.inbox_len_max
+    );
+    for (i, from) in senders.iter().enumerate() {
+        hand_register(&mut net, from, i as u64, "x", "b");
+        for seq in 0..config.inbox_share_per_node_max as u64 {
+            assert_eq!(
+                hand_deliver(&mut net, from, seq, "x", "b"),
+                PeerResponse::Delivered
+            );
+        }
     }
     let token = send(&mut net, "one too many");
     net.settle();
     assert_eq!(net.reply(N1, token).unwrap_err().code, ErrorCode::InboxFull);
-    assert_eq!(inbox(&mut net, N2, "b").len(), max);
+    assert_eq!(inbox(&mut net, N2, "b").len(), config.inbox_len_max);
     // Draining makes room again.
     net.op(
         N2,
@@ -684,6 +756,93 @@ fn a_full_inbox_refuses_instead_of_dropping() {
     let token = send(&mut net, "fits now");
     net.settle();
     assert!(net.reply(N1, token).is_ok());
+}
+
+#[test]
+fn a_flooding_node_fills_only_its_share_of_an_inbox_also_after_a_restart() {
+    let mut net = peered();
+    let share = PeersConfig::default().inbox_share_per_node_max as u64;
+    net.nodes.insert("n3".into(), {
+        let store = MemStore::new();
+        let peers = Peers::load(node("n3"), 1, PeersConfig::default(), &store, net.now).unwrap();
+        (peers, store)
+    });
+    hand_register(&mut net, "n3", 1, "x", "b");
+    hand_register(&mut net, "n3", 2, "y", "b");
+    // Two Pods of n3 share one node's share.
+    for seq in 0..share {
+        let source = if seq % 2 == 0 { "x" } else { "y" };
+        assert_eq!(
+            hand_deliver(&mut net, "n3", seq, source, "b"),
+            PeerResponse::Delivered
+        );
+    }
+    assert!(is_refused(
+        &hand_deliver(&mut net, "n3", share, "x", "b"),
+        ErrorCode::InboxFull
+    ));
+    // An honest sender on another node still has room.
+    let token = send(&mut net, "from a");
+    net.settle();
+    assert!(net.reply(N1, token).is_ok(), "{:?}", net.reply(N1, token));
+    // The share is counted from the stored inbox after a restart.
+    net.restart(N2);
+    assert!(is_refused(
+        &hand_deliver(&mut net, "n3", share + 1, "y", "b"),
+        ErrorCode::InboxFull
+    ));
+    net.op(
+        N2,
+        LocalOp::Inbox {
+            pod: pod("b"),
+            drain: true,
+        },
+    );
+    assert_eq!(
+        hand_deliver(&mut net, "n3", share + 2, "y", "b"),
+        PeerResponse::Delivered
+    );
+}
+
+#[test]
+fn one_node_takes_at_most_its_share_of_a_pods_peer_slots() {
+    let mut net = two_pods();
+    let share = PeersConfig::default().peers_per_pod_per_node_max;
+    for i in 0..share {
+        hand_register(&mut net, "n3", i as u64, &format!("x{i}"), "b");
+    }
+    let answer = hand_prepare(&mut net, "n3", 99, "one-more", "b");
+    assert!(is_refused(&answer, ErrorCode::InvalidRequest), "{answer:?}");
+    assert_eq!(net.peers_of(N2, "b").len(), share);
+    // Another node's Pod still finds a slot.
+    let token = register(&mut net);
+    net.settle();
+    assert!(net.reply(N1, token).is_ok(), "{:?}", net.reply(N1, token));
+    assert!(net.peers_of(N2, "b").contains(&"a@n1".to_owned()));
+}
+
+#[test]
+fn one_coordinator_holds_at_most_its_share_of_the_handshakes_in_progress() {
+    // n3 prepares and never finishes: it holds its share of n2's handshake slots, no more.
+    let mut net = two_pods();
+    let config = PeersConfig::default();
+    let share = config.handshakes_per_node_max;
+    let targets = share.div_ceil(config.peers_per_pod_per_node_max) + 1;
+    for t in 0..targets {
+        net.create(N2, &format!("t{t}"));
+    }
+    for i in 0..share {
+        let target = format!("t{}", i % targets);
+        let answer = hand_prepare(&mut net, "n3", i as u64, &format!("x{i}"), &target);
+        assert_eq!(answer, PeerResponse::Prepared, "handshake {i}");
+    }
+    let answer = hand_prepare(&mut net, "n3", 99, "one-more", "t0");
+    assert!(is_refused(&answer, ErrorCode::Busy), "{answer:?}");
+    assert_eq!(net.logged(N2), share);
+    // An honest coordinator's handshake goes through.
+    let token = register(&mut net);
+    net.settle();
+    assert!(net.reply(N1, token).is_ok(), "{:?}", net.reply(N1, token));
 }
 
 #[test]
