@@ -1,0 +1,135 @@
+//! What one admitted node can take from another, with real node processes over real QUIC on
+//! 127.0.0.1: `podmesh-flood` holds a certificate from the mesh CA and floods n2 with peer
+//! requests as fast as their answers come; it fills only its own share (docs/operations.md,
+//! "What one peer can make a node hold"), and an honest node's send, peer request and
+//! handshake still succeed during and after the flood.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use podmesh_tests::{Cluster, wait_for};
+use serde_json::{Value, json};
+
+/// Membership convergence may take this long on a loaded machine.
+const SETTLE_MAX: Duration = Duration::from_secs(40);
+
+/// The default shares (mesh `PeersConfig`).
+const INBOX_SHARE: u64 = 256;
+const PEER_SHARE: u64 = 16;
+const HANDSHAKE_SHARE: u64 = 32;
+
+fn ok(result: anyhow::Result<Result<Value, (String, String)>>) -> Value {
+    match result.unwrap() {
+        Ok(value) => value,
+        Err((code, message)) => panic!("unexpected error {code}: {message}"),
+    }
+}
+
+/// n1 and n2 joined, Pods `n1_pods` on n1 and `n2_pods` on n2, each node seeing the other's.
+fn two_nodes(n1_pods: &[&str], n2_pods: &[&str]) -> (Cluster, SocketAddr) {
+    let mut cluster = Cluster::new("quotas").unwrap();
+    let seed = cluster.start("n1", &[]).unwrap();
+    let n2 = cluster.start("n2", &[seed]).unwrap();
+    for pod in n1_pods {
+        ok(cluster.api("n1", "pod_create", json!({ "name": pod })));
+    }
+    for pod in n2_pods {
+        ok(cluster.api("n2", "pod_create", json!({ "name": pod })));
+    }
+    let last = format!("{}@n2", n2_pods.last().unwrap());
+    let known = wait_for(SETTLE_MAX, || {
+        let directory = cluster.api("n1", "directory", json!({})).ok()?.ok()?;
+        directory["pods"]
+            .as_array()?
+            .iter()
+            .any(|p| p["address"] == last.as_str())
+            .then_some(())
+    });
+    assert!(known.is_some(), "n1 never saw {last}");
+    (cluster, n2)
+}
+
+/// Runs `podmesh-flood MODE` as node n3 against n2; returns its counts.
+fn flood(cluster: &Cluster, n2: SocketAddr, mode: &str, pod: &str, count: u64) -> Value {
+    let certs = cluster.issue("n3", None).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_podmesh-flood"))
+        .args([mode, "--certs-dir"])
+        .arg(&certs)
+        .args(["--to", &n2.to_string(), "--node", "n2", "--pod", pod])
+        .args(["--count", &count.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podmesh-flood {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn refused(counts: &Value, code: &str) -> u64 {
+    counts["refused"][code].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_flooding_node_fills_only_its_share_of_an_inbox() {
+    let (mut cluster, n2) = two_nodes(&["a"], &["b"]);
+    ok(cluster.api("n1", "register_peer", json!({ "pod": "a", "name": "b@n2" })));
+    let extra = 50;
+    let counts = flood(&cluster, n2, "inbox", "b", INBOX_SHARE + extra);
+    assert_eq!(counts["ok"], INBOX_SHARE, "{counts}");
+    assert_eq!(refused(&counts, "InboxFull"), extra, "{counts}");
+    // The honest sender still has room, and so do its next messages.
+    for i in 0..3 {
+        let sent = ok(cluster.api(
+            "n1",
+            "send_to_peer",
+            json!({ "pod": "a", "name": "b@n2", "message": format!("honest {i}") }),
+        ));
+        assert!(sent["id"].is_string(), "{sent}");
+    }
+    let inbox = ok(cluster.api("n2", "inbox", json!({ "pod": "b" })));
+    let messages = inbox["messages"].as_array().unwrap();
+    let from = |who: &str| messages.iter().filter(|m| m["from"] == who).count() as u64;
+    assert_eq!(from("flood@n3"), INBOX_SHARE);
+    assert_eq!(from("a@n1"), 3);
+}
+
+#[test]
+fn a_flooding_node_takes_only_its_share_of_a_pods_peer_slots() {
+    let (mut cluster, n2) = two_nodes(&["d"], &["c"]);
+    let extra = 4;
+    let counts = flood(&cluster, n2, "peers", "c", PEER_SHARE + extra);
+    assert_eq!(counts["ok"], PEER_SHARE, "{counts}");
+    assert_eq!(refused(&counts, "InvalidRequest"), extra, "{counts}");
+    let reply = ok(cluster.api("n1", "register_peer", json!({ "pod": "d", "name": "c@n2" })));
+    assert_eq!(reply["peer"], "c@n2", "{reply}");
+    let status = ok(cluster.api("n2", "pod_status", json!({ "name": "c" })));
+    let peers = status["peers"].as_array().unwrap();
+    assert_eq!(peers.len() as u64, PEER_SHARE + 1, "{status}");
+    assert!(peers.iter().any(|p| p == "d@n1"), "{status}");
+}
+
+#[test]
+fn a_coordinator_that_never_finishes_holds_only_its_share_of_the_handshakes() {
+    let (mut cluster, n2) = two_nodes(&["a"], &["t0", "t1", "t2", "t3"]);
+    let extra = 8;
+    let counts = flood(
+        &cluster,
+        n2,
+        "prepare",
+        "t0,t1,t2,t3",
+        HANDSHAKE_SHARE + extra,
+    );
+    assert_eq!(counts["ok"], HANDSHAKE_SHARE, "{counts}");
+    assert_eq!(refused(&counts, "Busy"), extra, "{counts}");
+    let info = ok(cluster.api("n2", "node_info", json!({})));
+    assert_eq!(info["handshakes_logged"], HANDSHAKE_SHARE, "{info}");
+    // The flooder is gone and its prepares stay logged; an honest handshake still goes through,
+    // with each of the Pods the flooder used.
+    for target in ["t0@n2", "t3@n2"] {
+        let reply = ok(cluster.api("n1", "register_peer", json!({ "pod": "a", "name": target })));
+        assert_eq!(reply["peer"], target, "{reply}");
+    }
+}
