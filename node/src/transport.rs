@@ -22,6 +22,14 @@ pub struct TransportLimits {
     pub frame_size_max: usize,
     /// Most connections kept open; the least recently used is closed past it.
     pub connections_max: usize,
+    /// Connections open at once with one node, in either direction; past it the oldest is
+    /// closed. Two let a reconnect replace a connection its peer lost without waiting for the
+    /// idle timeout, and keep one certificate from multiplying what its connections hold.
+    pub connections_per_node_max: usize,
+    /// Largest request frame accepted on a bidirectional stream: twice the largest peer
+    /// request (a 64 KiB message and its fields), where `frame_size_max` serves membership
+    /// messages. It keeps what a connection's request streams can hold to an eighth.
+    pub request_size_max: usize,
     /// Sends (dial + write) in flight at once; further sends are dropped and counted, as gossip
     /// tolerates loss and a slow peer must not stall the actor.
     pub sends_in_flight_max: usize,
@@ -54,6 +62,8 @@ impl Default for TransportLimits {
             // Matches the mesh codec's stream limit with room for framing.
             frame_size_max: 1 << 20,
             connections_max: 1024,
+            connections_per_node_max: 2,
+            request_size_max: 128 << 10,
             sends_in_flight_max: 256,
             connect_timeout: Duration::from_secs(3),
             // Below the peer protocol's own RPC deadline, so the transport reports first.
@@ -148,6 +158,9 @@ pub struct TransportStats {
     pub frames_too_slow: std::sync::atomic::AtomicU64,
     /// Inbound datagrams dropped because the actor's queue was full.
     pub datagrams_dropped: std::sync::atomic::AtomicU64,
+    /// Connections closed because a newer one with the same node went past
+    /// `connections_per_node_max`.
+    pub connections_replaced: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -160,8 +173,16 @@ struct Pooled {
 struct Pool {
     by_name: HashMap<NodeName, Pooled>,
     /// Every open connection, pooled or replaced by a newer one to the same node, by stable
-    /// id: what a reload checks against a new blocklist.
-    open: HashMap<usize, quinn::Connection>,
+    /// id: what a reload checks against a new blocklist, and what `connections_per_node_max`
+    /// counts.
+    open: HashMap<usize, Open>,
+}
+
+#[derive(Debug)]
+struct Open {
+    name: NodeName,
+    connection: quinn::Connection,
+    opened: Instant,
 }
 
 /// The TLS configuration in force: replaced whole by [`Transport::reload`].
@@ -196,7 +217,9 @@ fn transport_config(limits: &TransportLimits) -> Arc<quinn::TransportConfig> {
     let frame = u32::try_from(limits.frame_size_max).unwrap_or(u32::MAX);
     config.max_concurrent_uni_streams(limits.streams_per_connection_max.into());
     config.max_concurrent_bidi_streams(limits.streams_per_connection_max.into());
-    config.stream_receive_window(frame.into());
+    // A stream's window need not hold a whole frame: the reader consumes as data arrives. A
+    // quarter of the largest frame keeps what a refused or abandoned stream brings in small.
+    config.stream_receive_window((frame / 4).max(1).into());
     config.receive_window(limits.connection_window.max(frame).into());
     config.send_window(u64::from(limits.connection_window.max(frame)));
     config.datagram_receive_buffer_size(Some(limits.datagram_buffer));
@@ -270,7 +293,7 @@ impl Transport {
             let (refused, others): (Vec<_>, Vec<_>) = pool
                 .open
                 .values()
-                .cloned()
+                .map(|open| open.connection.clone())
                 .partition(|c| tls.refuses_peer(c));
             *current = Tls { mesh: tls, client };
             (refused, if same_cas { Vec::new() } else { others })
@@ -489,7 +512,30 @@ impl Transport {
                     oldest.connection.close(0u32.into(), b"pool full");
                 }
             }
-            pool.open.insert(connection.stable_id(), connection.clone());
+            pool.open.insert(
+                connection.stable_id(),
+                Open {
+                    name: name.clone(),
+                    connection: connection.clone(),
+                    opened: Instant::now(),
+                },
+            );
+            let mut same: Vec<(Instant, usize)> = pool
+                .open
+                .iter()
+                .filter(|(_, open)| open.name == name)
+                .map(|(id, open)| (open.opened, *id))
+                .collect();
+            same.sort_unstable();
+            let excess = same
+                .len()
+                .saturating_sub(self.limits.connections_per_node_max);
+            for (_, id) in same.into_iter().take(excess) {
+                if let Some(old) = pool.open.remove(&id) {
+                    bump(&self.stats.connections_replaced);
+                    old.connection.close(0u32.into(), b"replaced");
+                }
+            }
             pool.by_name.insert(
                 name.clone(),
                 Pooled {
@@ -583,7 +629,7 @@ impl Transport {
             let transport = self.clone();
             let from = from.clone();
             tokio::spawn(async move {
-                let read = recv.read_to_end(transport.limits.frame_size_max);
+                let read = recv.read_to_end(transport.limits.request_size_max);
                 let Ok(read) =
                     tokio::time::timeout(transport.limits.frame_read_timeout, read).await
                 else {

@@ -133,3 +133,82 @@ fn a_coordinator_that_never_finishes_holds_only_its_share_of_the_handshakes() {
         assert_eq!(reply["peer"], target, "{reply}");
     }
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn connections_writing_large_frames_slowly_hold_bounded_memory_given_back_when_they_close() {
+    // Six connections from one certificate, each keeping every stream it may open filled with
+    // an unfinished frame of the largest size. Two are kept (connections_per_node_max); each
+    // holds at most 16 membership frames of 1 MiB, 16 request frames of 128 KiB and a 2 MiB
+    // window: 40 MiB of live data for both. The rest of the bound is the allocator's room and
+    // quinn's own state. Before the bounds, four such connections took a node from 25 MB to
+    // 165 MB, still 159 MB after they closed.
+    let mut cluster = Cluster::new("quotas").unwrap();
+    let n2 = cluster.start("n2", &[]).unwrap();
+    let pid = cluster.node("n2").pid().unwrap();
+    let certs = cluster.issue("n3", None).unwrap();
+    // Let the node finish starting before the baseline.
+    wait_for(SETTLE_MAX, || {
+        cluster.api("n2", "node_info", json!({})).ok()?.ok()
+    });
+    let start = rss(pid);
+    let mut flooder = Command::new(env!("CARGO_BIN_EXE_podmesh-flood"))
+        .args(["slow", "--certs-dir"])
+        .arg(&certs)
+        .args(["--to", &n2.to_string(), "--node", "n2", "--pod", "-"])
+        .args(["--count", "6", "--hold-s", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak = start;
+    while flooder.try_wait().unwrap().is_none() {
+        peak = peak.max(rss(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = flooder.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let counts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info = ok(cluster.api("n2", "node_info", json!({})));
+    let counters = &info["counters"];
+    eprintln!(
+        "resident: {} MiB at start, {} MiB at the peak; flood {counts}; node {counters}",
+        start / MIB,
+        peak / MIB
+    );
+    assert!(counts["ok"].as_u64().unwrap() > 0, "{counts}");
+    assert!(
+        counters["frames_too_slow"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
+    assert!(
+        counters["connections_replaced"].as_u64().unwrap() >= 4,
+        "{counters}"
+    );
+    assert!(
+        peak <= start + 96 * MIB,
+        "{} MiB over the start",
+        (peak - start) / MIB
+    );
+    let back = wait_for(SETTLE_MAX, || {
+        let now = rss(pid);
+        (now <= start + 16 * MIB).then_some(now)
+    });
+    assert!(
+        back.is_some(),
+        "still {} MiB over the start after the connections closed",
+        (rss(pid) - start) / MIB
+    );
+    eprintln!("resident after they closed: {} MiB", back.unwrap() / MIB);
+}

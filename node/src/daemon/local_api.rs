@@ -384,6 +384,7 @@ impl Actor {
                 "handshakes_refused": load(&stats.handshakes_refused),
                 "frames_too_large": load(&stats.frames_too_large),
                 "frames_too_slow": load(&stats.frames_too_slow),
+                "connections_replaced": load(&stats.connections_replaced),
             },
         })
     }

@@ -9,8 +9,12 @@
 //! - `peers`: registers `--count` Pods of its own with `--pod`.
 //! - `prepare`: prepares `--count` registrations with the Pods of `--pod` (a comma-separated
 //!   list, taken in turn) and never commits or aborts any of them.
+//! - `slow`: opens `--count` connections and on each as many streams of both kinds as the node
+//!   allows, writes all but the last byte of a largest frame on every one, and holds them open
+//!   until the node stops them, over and over for `--hold-s` seconds; then closes everything.
 //!
-//! It prints one JSON object: how many requests succeeded, and the refusals by error code.
+//! It prints one JSON object: how many requests (or, for `slow`, frames) succeeded, and the
+//! refusals by error code.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +37,8 @@ enum Mode {
     Peers,
     /// Prepared handshakes that never finish.
     Prepare,
+    /// Connections that write large frames and never finish them.
+    Slow,
 }
 
 /// Floods one node with peer requests from an admitted node.
@@ -53,9 +59,52 @@ struct Args {
     /// The Pod (or, for `prepare`, the comma-separated Pods) on that node.
     #[arg(long)]
     pod: String,
-    /// Requests to send (messages, registrations or prepares).
+    /// Requests to send (messages, registrations or prepares), or connections to open.
     #[arg(long)]
     count: u64,
+    /// For `slow`: how long to keep the connections busy.
+    #[arg(long, default_value_t = 20)]
+    hold_s: u64,
+}
+
+/// Bytes the node accepts in one stream frame (the node's `frame_size_max`).
+const FRAME_SIZE_MAX: usize = 1 << 20;
+
+/// Streams of one kind the node lets a connection open at once (its
+/// `streams_per_connection_max`); asking for more only waits.
+const STREAMS_PER_KIND: usize = 16;
+
+/// Keeps one connection's streams full of unfinished frames until `until`; returns how many
+/// frames it started.
+async fn hold_streams(connection: quinn::Connection, until: tokio::time::Instant) -> u64 {
+    let almost = vec![0x5a_u8; FRAME_SIZE_MAX - 1];
+    let mut started = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    for kind in 0..2 * STREAMS_PER_KIND {
+        let connection = connection.clone();
+        let almost = almost.clone();
+        tasks.spawn(async move {
+            let mut started = 0;
+            while tokio::time::Instant::now() < until {
+                let stream = if kind % 2 == 0 {
+                    connection.open_uni().await.ok()
+                } else {
+                    connection.open_bi().await.ok().map(|(send, _)| send)
+                };
+                let Some(mut stream) = stream else { break };
+                if stream.write_all(&almost).await.is_ok() {
+                    started += 1;
+                }
+                // The node stops the stream once its frame read times out.
+                let _ = tokio::time::timeout_at(until, stream.stopped()).await;
+            }
+            started
+        });
+    }
+    while let Some(n) = tasks.join_next().await {
+        started += n.unwrap_or(0);
+    }
+    started
 }
 
 struct Flood {
@@ -180,6 +229,29 @@ async fn main() -> anyhow::Result<()> {
             for i in 0..args.count {
                 flood.register(&format!("flood-{i}"), &args.pod).await?;
             }
+        }
+        Mode::Slow => {
+            let tls = MeshTls::new(&identity, Default::default())?;
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            endpoint.set_default_client_config(tls.quinn_client()?);
+            let server_name = tls.server_name(&podmesh_certs::ServerTarget::Node(
+                flood.to.name.clone().context("a node name")?,
+            ));
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(args.hold_s);
+            let mut connections = Vec::new();
+            let mut holds = tokio::task::JoinSet::new();
+            for _ in 0..args.count {
+                let connection = endpoint.connect(args.to, &server_name)?.await?;
+                connections.push(connection.clone());
+                holds.spawn(hold_streams(connection, until));
+            }
+            while let Some(n) = holds.join_next().await {
+                flood.ok += n.unwrap_or(0);
+            }
+            for connection in connections {
+                connection.close(0u32.into(), b"done");
+            }
+            endpoint.wait_idle().await;
         }
         Mode::Prepare => {
             let targets: Vec<&str> = args.pod.split(',').collect();
