@@ -208,7 +208,7 @@ impl<S: Store> Node<S> {
                     }
                     None => {
                         self.peers
-                            .handle_response(rpc, None, self.now, self.mesh.store_mut());
+                            .handle_unknown_node(rpc, self.now, self.mesh.store_mut());
                     }
                 },
                 PeersOutput::Reply { token, result } => {

@@ -53,6 +53,10 @@ pub struct PeersConfig {
     pub resend_interval: Duration,
     /// How long a participant waits for the outcome before it asks the coordinator.
     pub participant_wait: Duration,
+    /// How long a participant asks a coordinator membership forgot (dead or left, tombstone
+    /// collected) before it ends its entry: twice the LAN tombstone TTL, so a node that just
+    /// restarted and has not heard of everyone yet never does (`Peers::end_participant`).
+    pub participant_give_up: Duration,
     /// Attempts to deliver one message before the sender is told `unreachable`.
     pub delivery_attempts: u32,
     /// Largest message body, in bytes (64 KiB: messages are notifications, not bulk data).
@@ -96,6 +100,7 @@ impl Default for PeersConfig {
             rpc_timeout: Duration::from_secs(3),
             resend_interval: Duration::from_secs(1),
             participant_wait: Duration::from_secs(10),
+            participant_give_up: Duration::from_secs(600),
             delivery_attempts: 3,
             message_size_max: 64 * 1024,
             inbox_len_max: 1024,
@@ -346,6 +351,7 @@ enum Timer {
 
 const COORD_PREFIX: u8 = b'c';
 const PART_PREFIX: u8 = b'p';
+const ENDED_PREFIX: u8 = b'e';
 const MESSAGE_PREFIX: u8 = b'm';
 const DEDUPE_PREFIX: u8 = b'd';
 const COUNTER_KEY: &[u8] = b"peers/seq";
@@ -381,6 +387,8 @@ pub struct PeersCounters {
     pub handshakes_committed: u64,
     /// Handshakes aborted as coordinator.
     pub handshakes_aborted: u64,
+    /// Participant entries ended because their coordinator was gone.
+    pub handshakes_ended: u64,
     /// Messages stored in local inboxes.
     pub messages_delivered: u64,
     /// Duplicate deliveries answered without storing again.
@@ -402,6 +410,11 @@ pub struct Peers {
     /// Local operations waiting for a handshake's outcome, by handshake id.
     waiting: BTreeMap<RequestId, u64>,
     participating: BTreeMap<RequestId, PartEntry>,
+    /// When each participant entry began waiting in this life.
+    waiting_since: BTreeMap<RequestId, Time>,
+    /// Participant entries ended while their coordinator was gone: rolled back, held only so
+    /// that the coordinator's late Commit or Abort is applied right.
+    ended: BTreeMap<RequestId, PartEntry>,
     inboxes: BTreeMap<PodName, VecDeque<u64>>,
     /// Messages in each local inbox by sending node, for `inbox_share_per_node_max`.
     inbox_shares: BTreeMap<(PodName, NodeName), usize>,
@@ -435,6 +448,8 @@ impl Peers {
             coordinating: BTreeMap::new(),
             waiting: BTreeMap::new(),
             participating: BTreeMap::new(),
+            waiting_since: BTreeMap::new(),
+            ended: BTreeMap::new(),
             inboxes: BTreeMap::new(),
             inbox_shares: BTreeMap::new(),
             inbox_seq: 0,
@@ -498,7 +513,12 @@ impl Peers {
                 }
                 Some(&PART_PREFIX) => {
                     let entry: PartEntry = codec::decode_record(&value)?;
+                    peers.waiting_since.insert(entry.id.clone(), now);
                     peers.participating.insert(entry.id.clone(), entry);
+                }
+                Some(&ENDED_PREFIX) => {
+                    let entry: PartEntry = codec::decode_record(&value)?;
+                    peers.ended.insert(entry.id.clone(), entry);
                 }
                 _ => {}
             }
@@ -543,14 +563,23 @@ impl Peers {
             .coordinating
             .values()
             .map(|e| (e.source.clone(), e.target.clone()));
-        let participating = self.participating.values().map(|e| {
-            let target = PodAddr {
-                pod: e.target.clone(),
-                node: self.me.clone(),
-            };
-            (e.source.clone(), target)
-        });
+        let participating = self
+            .participating
+            .values()
+            .chain(self.ended.values())
+            .map(|e| {
+                let target = PodAddr {
+                    pod: e.target.clone(),
+                    node: self.me.clone(),
+                };
+                (e.source.clone(), target)
+            });
         coordinating.chain(participating).collect()
+    }
+
+    /// Participant entries ended while their coordinator was gone, kept until it answers.
+    pub fn handshakes_ended(&self) -> usize {
+        self.ended.len()
     }
 
     /// Counters.
@@ -656,6 +685,26 @@ impl Peers {
         };
         let response = self.answer(from, request, now, wall_ms, store);
         Some(codec::encode_peer(&response))
+    }
+
+    /// Fails RPC `rpc` because membership does not know its node (dead or left with its
+    /// tombstone collected, or never heard of), as [`Peers::handle_response`] with `None` does;
+    /// except that a participant that has asked such a coordinator for `participant_give_up`
+    /// ends its entry.
+    pub fn handle_unknown_node(&mut self, rpc: u64, now: Time, store: &mut impl Store) {
+        if let Some(Rpc::Query { id }) = self.rpcs.get(&rpc)
+            && self.waiting_since.get(id).is_some_and(|since| {
+                now.saturating_since(*since) >= self.config.participant_give_up
+            })
+        {
+            let id = id.clone();
+            self.rpcs.remove(&rpc);
+            if !self.end_participant(&id, store) {
+                self.schedule(now + self.config.participant_wait, Timer::Wait { id });
+            }
+            return;
+        }
+        self.handle_response(rpc, None, now, store);
     }
 
     /// Feeds the answer to RPC `rpc`: the encoded response, or `None` when the transport could

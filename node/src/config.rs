@@ -44,6 +44,9 @@ pub struct NodeFile {
     pub blocklist: Vec<String>,
     /// Where to serve Prometheus metrics at `/metrics` (host:port); default none.
     pub metrics_listen: Option<String>,
+    /// Seconds a peer handshake this node takes part in waits for a coordinator that
+    /// membership has forgotten before it ends; default 600.
+    pub participant_give_up_s: Option<u64>,
 }
 
 impl NodeFile {
@@ -94,6 +97,13 @@ impl NodeFile {
         }
         if let Some(v) = env("PODMESH_METRICS_LISTEN") {
             self.metrics_listen = Some(v);
+        }
+        if let Some(v) = env("PODMESH_PARTICIPANT_GIVE_UP_S") {
+            self.participant_give_up_s = Some(v.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "PODMESH_PARTICIPANT_GIVE_UP_S must be a number of seconds, not {v:?}"
+                )
+            })?);
         }
         Ok(())
     }

@@ -106,6 +106,9 @@ pub struct NodeSettings {
     /// Drop the members stored by a previous life before starting, so the node rejoins only
     /// through `join`.
     pub forget_members: bool,
+    /// How long a participant asks a coordinator membership forgot before it ends its entry;
+    /// `None` keeps the default (`PeersConfig::participant_give_up`).
+    pub participant_give_up: Option<Duration>,
 }
 
 /// Resolves the blocklist again, from the same flags, environment and file: what SIGHUP and
@@ -289,9 +292,13 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     if faults.fire("fail-handshake-write") {
         store.fail_next_handshake_write();
     }
+    let mut peers_config = PeersConfig::default();
+    if let Some(give_up) = settings.participant_give_up {
+        peers_config.participant_give_up = give_up;
+    }
     let node_state = Node::start(
         config,
-        PeersConfig::default(),
+        peers_config,
         me,
         advertise,
         store,

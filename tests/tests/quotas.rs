@@ -28,9 +28,18 @@ fn ok(result: anyhow::Result<Result<Value, (String, String)>>) -> Value {
 
 /// n1 and n2 joined, Pods `n1_pods` on n1 and `n2_pods` on n2, each node seeing the other's.
 fn two_nodes(n1_pods: &[&str], n2_pods: &[&str]) -> (Cluster, SocketAddr) {
+    two_nodes_with(n1_pods, n2_pods, &[])
+}
+
+/// [`two_nodes`], with `n2_env` in n2's environment.
+fn two_nodes_with(
+    n1_pods: &[&str],
+    n2_pods: &[&str],
+    n2_env: &[(&str, &str)],
+) -> (Cluster, SocketAddr) {
     let mut cluster = Cluster::new("quotas").unwrap();
     let seed = cluster.start("n1", &[]).unwrap();
-    let n2 = cluster.start("n2", &[seed]).unwrap();
+    let n2 = cluster.start_with("n2", &[seed], n2_env).unwrap();
     for pod in n1_pods {
         ok(cluster.api("n1", "pod_create", json!({ "name": pod })));
     }
@@ -52,7 +61,12 @@ fn two_nodes(n1_pods: &[&str], n2_pods: &[&str]) -> (Cluster, SocketAddr) {
 
 /// Runs `podmesh-flood MODE` as node n3 against n2; returns its counts.
 fn flood(cluster: &Cluster, n2: SocketAddr, mode: &str, pod: &str, count: u64) -> Value {
-    let certs = cluster.issue("n3", None).unwrap();
+    let issued = cluster.dir().join("n3").join("certs");
+    let certs = if issued.exists() {
+        issued
+    } else {
+        cluster.issue("n3", None).unwrap()
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_podmesh-flood"))
         .args([mode, "--certs-dir"])
         .arg(&certs)
@@ -132,6 +146,36 @@ fn a_coordinator_that_never_finishes_holds_only_its_share_of_the_handshakes() {
         let reply = ok(cluster.api("n1", "register_peer", json!({ "pod": "a", "name": target })));
         assert_eq!(reply["peer"], target, "{reply}");
     }
+}
+
+#[test]
+fn prepares_of_a_coordinator_membership_never_knew_end_after_the_give_up_and_free_their_slots() {
+    // The flooder never joins: membership does not know it, so once its prepares have waited
+    // participant_give_up (here 15 s) they end, their Pods go back to their peers before, and
+    // the ended markers still count in its share.
+    let env = [("PODMESH_PARTICIPANT_GIVE_UP_S", "15")];
+    let (mut cluster, n2) = two_nodes_with(&["a"], &["t0", "t1", "t2", "t3"], &env);
+    let counts = flood(&cluster, n2, "prepare", "t0,t1,t2,t3", HANDSHAKE_SHARE);
+    assert_eq!(counts["ok"], HANDSHAKE_SHARE, "{counts}");
+    let ended = wait_for(SETTLE_MAX * 2, || {
+        let info = cluster.api("n2", "node_info", json!({})).ok()?.ok()?;
+        (info["handshakes_logged"] == 0 && info["handshakes_ended"] == HANDSHAKE_SHARE)
+            .then_some(info)
+    });
+    assert!(ended.is_some(), "the flooder's prepares never ended");
+    for pod in ["t0", "t1", "t2", "t3"] {
+        let status = ok(cluster.api("n2", "pod_status", json!({ "name": pod })));
+        assert_eq!(status["peers"], json!([]), "{status}");
+    }
+    // Its markers fill its share: it cannot start more here, and honest nodes are unaffected.
+    let again = flood(&cluster, n2, "prepare", "t0", 1);
+    assert_eq!(refused(&again, "Busy"), 1, "{again}");
+    let reply = ok(cluster.api(
+        "n1",
+        "register_peer",
+        json!({ "pod": "a", "name": "t0@n2" }),
+    ));
+    assert_eq!(reply["peer"], "t0@n2", "{reply}");
 }
 
 /// Resident memory of process `pid`, in bytes.

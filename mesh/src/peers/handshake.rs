@@ -6,9 +6,9 @@
 //! other nodes land in `answer` here, which hands a `Deliver` on to the inbox.
 
 use super::{
-    COORD_PREFIX, CoordEntry, ErrorCode, LocalReply, PART_PREFIX, PartEntry, PeerError, PeerOp,
-    PeerRequest, PeerResponse, Peers, PeersOutput, Phase, PodEvent, RequestId, Rpc, Timer, id_key,
-    not_found_pod,
+    COORD_PREFIX, CoordEntry, ENDED_PREFIX, ErrorCode, LocalReply, PART_PREFIX, PartEntry,
+    PeerError, PeerOp, PeerRequest, PeerResponse, Peers, PeersOutput, Phase, PodEvent, RequestId,
+    Rpc, Timer, id_key, not_found_pod,
 };
 use crate::codec;
 use crate::pod::{PodAddr, PodName, PodRecord, PodStatus};
@@ -443,6 +443,14 @@ impl Peers {
         now: Time,
         store: &mut impl Store,
     ) -> Result<(), PeerError> {
+        if self.ended.contains_key(&id) {
+            // Its coordinator was gone long enough for this node to end it: refused, and the
+            // coordinator aborts, which leaves both sides as before.
+            return Err(PeerError::new(
+                ErrorCode::Busy,
+                "handshake ended here while its coordinator was gone",
+            ));
+        }
         if let Some(existing) = self.participating.get(&id) {
             // A re-sent Prepare: the first one was applied and logged.
             return if existing.source == source && existing.target == target {
@@ -471,9 +479,12 @@ impl Peers {
             ));
         }
         let coordinator = &id.node;
+        // Ended entries count too: a coordinator resolves them (it comes back and sends their
+        // outcome) before it starts more here, so what it leaves behind stays within its share.
         let held = self
             .participating
             .keys()
+            .chain(self.ended.keys())
             .filter(|other| other.node == *coordinator)
             .count();
         if held >= self.config.handshakes_per_node_max {
@@ -537,6 +548,7 @@ impl Peers {
         self.write(batch, store)?;
         self.pods.insert(record.name.clone(), record);
         self.participating.insert(id.clone(), entry);
+        self.waiting_since.insert(id.clone(), now);
         self.schedule(now + self.config.participant_wait, Timer::Wait { id });
         Ok(())
     }
@@ -550,7 +562,7 @@ impl Peers {
         store: &mut impl Store,
     ) -> bool {
         let Some(entry) = self.participating.get(id).cloned() else {
-            return true;
+            return self.settle_ended(id, committed, store);
         };
         let mut batch = WriteBatch::new();
         batch.delete(Table::Handshakes, id_key(PART_PREFIX, id));
@@ -569,6 +581,7 @@ impl Peers {
             return false;
         }
         self.participating.remove(id);
+        self.waiting_since.remove(id);
         if let Some(record) = restored {
             self.pods.insert(record.name.clone(), record);
         }
@@ -576,6 +589,89 @@ impl Peers {
             self.publish(record);
         }
         if committed {
+            let target = PodAddr::new(entry.target.clone(), self.me.clone());
+            self.emit_relation(entry.op, &entry.target, &entry.source, &target);
+        }
+        true
+    }
+
+    /// Ends participant entry `id`, whose coordinator membership has forgotten and which has
+    /// waited `participant_give_up`: the Pod goes back to its state before the Prepare, as on
+    /// an abort, and the entry stays as an ended marker in the same transaction. A marker holds
+    /// no handshake slot and is never queried; it counts in its coordinator's share and keeps
+    /// its pair busy. If the coordinator comes back, its outcome settles the marker
+    /// ([`Peers::settle_ended`]): nothing reported to a user is lost, nothing stays one-sided
+    /// once the two nodes talk again. Returns whether the end is durable.
+    pub(super) fn end_participant(&mut self, id: &RequestId, store: &mut impl Store) -> bool {
+        let Some(entry) = self.participating.get(id).cloned() else {
+            return true;
+        };
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Handshakes, id_key(PART_PREFIX, id));
+        batch.put(
+            Table::Handshakes,
+            id_key(ENDED_PREFIX, id),
+            codec::encode_record(&entry),
+        );
+        let restored = self.pods.get(&entry.target).map(|record| {
+            let mut record = record.clone();
+            set_edge(&mut record, &entry.source, entry.had_before);
+            record
+        });
+        if let Some(record) = &restored {
+            batch.put(
+                Table::Pods,
+                record.name.as_str().as_bytes().to_vec(),
+                codec::encode_record(record),
+            );
+        }
+        if self.write(batch, store).is_err() {
+            return false;
+        }
+        self.participating.remove(id);
+        self.waiting_since.remove(id);
+        self.counters.handshakes_ended += 1;
+        if let Some(record) = restored {
+            self.pods.insert(record.name.clone(), record.clone());
+            self.publish(record);
+        }
+        self.ended.insert(id.clone(), entry);
+        true
+    }
+
+    /// The outcome of a handshake whose entry ended here while its coordinator was gone. An
+    /// abort finds the Pod as it was before the Prepare already; a commit, which the coordinator
+    /// may have reported to its user, applies the relation now. Unknown ids were settled
+    /// earlier. Returns whether the outcome is durable.
+    fn settle_ended(&mut self, id: &RequestId, committed: bool, store: &mut impl Store) -> bool {
+        let Some(entry) = self.ended.get(id).cloned() else {
+            return true;
+        };
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Handshakes, id_key(ENDED_PREFIX, id));
+        let applied = self
+            .pods
+            .get(&entry.target)
+            .filter(|_| committed)
+            .map(|record| {
+                let mut record = record.clone();
+                set_edge(&mut record, &entry.source, entry.op.wanted());
+                record
+            });
+        if let Some(record) = &applied {
+            batch.put(
+                Table::Pods,
+                record.name.as_str().as_bytes().to_vec(),
+                codec::encode_record(record),
+            );
+        }
+        if self.write(batch, store).is_err() {
+            return false;
+        }
+        self.ended.remove(id);
+        if let Some(record) = applied {
+            self.pods.insert(record.name.clone(), record.clone());
+            self.publish(record);
             let target = PodAddr::new(entry.target.clone(), self.me.clone());
             self.emit_relation(entry.op, &entry.target, &entry.source, &target);
         }
@@ -590,10 +686,14 @@ impl Peers {
         self.coordinating
             .values()
             .any(|e| same(&e.source, &e.target))
-            || self.participating.values().any(|e| {
-                let target = PodAddr::new(e.target.clone(), self.me.clone());
-                same(&e.source, &target)
-            })
+            || self
+                .participating
+                .values()
+                .chain(self.ended.values())
+                .any(|e| {
+                    let target = PodAddr::new(e.target.clone(), self.me.clone());
+                    same(&e.source, &target)
+                })
     }
 
     pub(super) fn involved(&self, pod: &PodName) -> bool {

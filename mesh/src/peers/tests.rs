@@ -1061,3 +1061,104 @@ fn a_full_pod_record_fits_in_one_gossiped_state_value() {
         "{size} bytes"
     );
 }
+
+/// Fails every request n2 has sent as one to a node membership does not know.
+fn fail_as_unknown(net: &mut Net) {
+    let now = net.now;
+    let sent: Vec<_> = net.requests.drain(..).collect();
+    for (rpc, from, to, bytes) in sent {
+        if from != N2 {
+            net.requests.push((rpc, from, to, bytes));
+            continue;
+        }
+        let (peers, store) = net.nodes.get_mut(N2).unwrap();
+        peers.handle_unknown_node(rpc, now, store);
+        net.collect(N2);
+    }
+}
+
+/// n3 prepares registering x@n3 with b@n2 and is never heard of again; n2 asks about it until
+/// `participant_give_up` has passed, then ends its entry.
+fn ended_by_a_gone_coordinator() -> Net {
+    let mut net = two_pods();
+    assert_eq!(
+        hand_prepare(&mut net, "n3", 1, "x", "b"),
+        PeerResponse::Prepared
+    );
+    assert_eq!(net.peers_of(N2, "b"), ["x@n3"]);
+    let config = PeersConfig::default();
+    let mut waited = Duration::ZERO;
+    while waited < config.participant_give_up {
+        net.advance(config.participant_wait);
+        waited += config.participant_wait;
+        assert_eq!(net.logged(N2), 1, "ended before participant_give_up");
+        fail_as_unknown(&mut net);
+    }
+    net.advance(config.participant_wait);
+    fail_as_unknown(&mut net);
+    net
+}
+
+#[test]
+fn a_participant_ends_its_entry_once_its_coordinator_is_gone_and_frees_its_slot() {
+    let mut net = ended_by_a_gone_coordinator();
+    let peers = &net.nodes[N2].0;
+    assert_eq!(net.logged(N2), 0, "the slot is free");
+    assert_eq!(peers.handshakes_ended(), 1);
+    assert_eq!(peers.counters().handshakes_ended, 1);
+    assert!(
+        net.peers_of(N2, "b").is_empty(),
+        "rolled back as on an abort"
+    );
+    // The marker survives a restart, still holding no slot; a late Abort removes it.
+    net.restart(N2);
+    assert_eq!((net.logged(N2), net.nodes[N2].0.handshakes_ended()), (0, 1));
+    let abort = PeerRequest::Abort {
+        id: hand_id("n3", 1),
+    };
+    assert_eq!(to_n2(&mut net, "n3", &abort), PeerResponse::Acked);
+    assert_eq!(net.nodes[N2].0.handshakes_ended(), 0);
+    assert!(net.peers_of(N2, "b").is_empty());
+}
+
+#[test]
+fn a_coordinator_that_comes_back_with_a_commit_gets_its_relation_on_both_sides() {
+    // The coordinator may have told its user of the success before it went away.
+    let mut net = ended_by_a_gone_coordinator();
+    let commit = PeerRequest::Commit {
+        id: hand_id("n3", 1),
+    };
+    assert_eq!(to_n2(&mut net, "n3", &commit), PeerResponse::Acked);
+    assert_eq!(net.peers_of(N2, "b"), ["x@n3"]);
+    assert_eq!(net.nodes[N2].0.handshakes_ended(), 0);
+    assert!(net.events.iter().any(|(at, e)| at == N2
+        && matches!(e, PodEvent::PeerRegistered { source, .. } if source.to_string() == "x@n3")));
+    // A re-sent Prepare of an ended handshake is refused, so its coordinator aborts.
+    let mut net = ended_by_a_gone_coordinator();
+    let answer = hand_prepare(&mut net, "n3", 1, "x", "b");
+    assert!(is_refused(&answer, ErrorCode::Busy), "{answer:?}");
+    assert!(net.peers_of(N2, "b").is_empty());
+}
+
+#[test]
+fn a_coordinator_known_to_membership_is_asked_forever() {
+    // Unreachable but not forgotten (a partition, a crash within the tombstone TTL): no end.
+    let mut net = two_pods();
+    assert_eq!(
+        hand_prepare(&mut net, "n3", 1, "x", "b"),
+        PeerResponse::Prepared
+    );
+    let config = PeersConfig::default();
+    for _ in 0..2 * (config.participant_give_up.as_secs() / config.participant_wait.as_secs()) {
+        net.advance(config.participant_wait);
+        let now = net.now;
+        let sent: Vec<_> = net.requests.drain(..).collect();
+        for (rpc, ..) in sent {
+            let (peers, store) = net.nodes.get_mut(N2).unwrap();
+            peers.handle_response(rpc, None, now, store);
+        }
+        net.collect(N2);
+    }
+    assert_eq!(net.logged(N2), 1);
+    assert_eq!(net.peers_of(N2, "b"), ["x@n3"]);
+}

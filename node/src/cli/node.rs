@@ -51,6 +51,11 @@ pub(crate) struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics [env: PODMESH_METRICS_LISTEN].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Seconds a peer handshake this node takes part in keeps asking a coordinator that
+    /// membership has forgotten (dead or left for good) before it ends it and rolls its Pod
+    /// back [default: 600] [env: PODMESH_PARTICIPANT_GIVE_UP_S].
+    #[arg(long, value_name = "SECONDS")]
+    participant_give_up_s: Option<u64>,
 }
 
 fn settings(args: &RunArgs) -> anyhow::Result<NodeSettings> {
@@ -87,6 +92,9 @@ fn settings(args: &RunArgs) -> anyhow::Result<NodeSettings> {
     if args.metrics_listen.is_some() {
         file.metrics_listen = args.metrics_listen;
     }
+    if args.participant_give_up_s.is_some() {
+        file.participant_give_up_s = args.participant_give_up_s;
+    }
     let certs_dir = file.certs_dir.ok_or_else(|| {
         anyhow::anyhow!("no certificates: give --certs-dir (or certs_dir in --config)")
     })?;
@@ -122,6 +130,9 @@ fn settings(args: &RunArgs) -> anyhow::Result<NodeSettings> {
         blocklist,
         metrics_listen,
         forget_members: args.forget_members,
+        participant_give_up: file
+            .participant_give_up_s
+            .map(std::time::Duration::from_secs),
     })
 }
 

@@ -357,6 +357,7 @@ impl Actor {
             "connections": self.transport.connection_count(),
             "pods": self.node.peers().pods().count(),
             "handshakes_logged": self.node.peers().handshakes_logged(),
+            "handshakes_ended": self.node.peers().handshakes_ended(),
             "members_persisted": self
                 .node
                 .mesh()
