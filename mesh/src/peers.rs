@@ -483,11 +483,13 @@ impl Peers {
                         .and_then(|b| std::str::from_utf8(b).ok())
                         .and_then(|s| s.parse::<PodName>().ok());
                     if let Some(pod) = pod {
-                        let entry: InboxEntry = codec::decode_record(&value)?;
-                        *peers
-                            .inbox_shares
-                            .entry((pod.clone(), entry.from.node))
-                            .or_default() += 1;
+                        // A message that does not decode fails only its own read, as before.
+                        if let Ok(entry) = codec::decode_record::<InboxEntry>(&value) {
+                            *peers
+                                .inbox_shares
+                                .entry((pod.clone(), entry.from.node))
+                                .or_default() += 1;
+                        }
                         peers.inboxes.entry(pod).or_default().push_back(seq);
                     }
                     peers.inbox_seq = peers.inbox_seq.max(seq + 1);
@@ -617,7 +619,7 @@ impl Peers {
                 }
                 Timer::Resend { id } => self.resend(&id, now, store),
                 Timer::Wait { id } => {
-                    if self.participating.contains_key(&id) {
+                    if self.participating.contains_key(&id) || self.ended.contains_key(&id) {
                         let coordinator = id.node.clone();
                         self.send_rpc(
                             coordinator,
@@ -687,10 +689,9 @@ impl Peers {
         Some(codec::encode_peer(&response))
     }
 
-    /// Fails RPC `rpc` because membership does not know its node (dead or left with its
-    /// tombstone collected, or never heard of), as [`Peers::handle_response`] with `None` does;
-    /// except that a participant that has asked such a coordinator for `participant_give_up`
-    /// ends its entry.
+    /// Fails RPC `rpc` to a node membership does not know (forgotten or never heard of), as
+    /// [`Peers::handle_response`] with `None`; a participant that has asked such a coordinator
+    /// for `participant_give_up` ends its entry.
     pub fn handle_unknown_node(&mut self, rpc: u64, now: Time, store: &mut impl Store) {
         if let Some(Rpc::Query { id }) = self.rpcs.get(&rpc)
             && self.waiting_since.get(id).is_some_and(|since| {
@@ -699,9 +700,9 @@ impl Peers {
         {
             let id = id.clone();
             self.rpcs.remove(&rpc);
-            if !self.end_participant(&id, store) {
-                self.schedule(now + self.config.participant_wait, Timer::Wait { id });
-            }
+            // Ended or not (a failed write retries), it is asked about again.
+            self.end_participant(&id, store);
+            self.schedule(now + self.config.participant_wait, Timer::Wait { id });
             return;
         }
         self.handle_response(rpc, None, now, store);

@@ -523,13 +523,12 @@ impl Transport {
             let mut same: Vec<(Instant, usize)> = pool
                 .open
                 .iter()
-                .filter(|(_, open)| open.name == name)
+                .filter(|(id, open)| open.name == name && **id != connection.stable_id())
                 .map(|(id, open)| (open.opened, *id))
                 .collect();
             same.sort_unstable();
-            let excess = same
-                .len()
-                .saturating_sub(self.limits.connections_per_node_max);
+            // The new connection is kept; the oldest others go past the bound.
+            let excess = (same.len() + 1).saturating_sub(self.limits.connections_per_node_max);
             for (_, id) in same.into_iter().take(excess) {
                 if let Some(old) = pool.open.remove(&id) {
                     bump(&self.stats.connections_replaced);

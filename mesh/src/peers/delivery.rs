@@ -132,7 +132,7 @@ impl Peers {
         }
         let share = (to.clone(), from.node.clone());
         let held = self.inbox_shares.get(&share).copied().unwrap_or(0);
-        if held >= self.config.inbox_share_per_node_max {
+        if from.node != self.me && held >= self.config.inbox_share_per_node_max {
             return Err(PeerError::new(
                 ErrorCode::InboxFull,
                 format!(

@@ -32,7 +32,12 @@ impl Peers {
             }
             self.schedule(now, Timer::Resend { id });
         }
-        let ids: Vec<RequestId> = self.participating.keys().cloned().collect();
+        let ids: Vec<RequestId> = self
+            .participating
+            .keys()
+            .chain(self.ended.keys())
+            .cloned()
+            .collect();
         for id in ids {
             self.schedule(now + self.config.participant_wait, Timer::Wait { id });
         }
@@ -444,8 +449,10 @@ impl Peers {
         store: &mut impl Store,
     ) -> Result<(), PeerError> {
         if self.ended.contains_key(&id) {
-            // Its coordinator was gone long enough for this node to end it: refused, and the
-            // coordinator aborts, which leaves both sides as before.
+            // Its coordinator was gone long enough for this node to end it. A coordinator that
+            // re-sends a Prepare never had its answer, so it has not committed: the marker goes
+            // (the Pod is as before already), and the refusal makes the coordinator abort.
+            self.settle_ended(&id, false, store);
             return Err(PeerError::new(
                 ErrorCode::Busy,
                 "handshake ended here while its coordinator was gone",
@@ -598,10 +605,12 @@ impl Peers {
     /// Ends participant entry `id`, whose coordinator membership has forgotten and which has
     /// waited `participant_give_up`: the Pod goes back to its state before the Prepare, as on
     /// an abort, and the entry stays as an ended marker in the same transaction. A marker holds
-    /// no handshake slot and is never queried; it counts in its coordinator's share and keeps
-    /// its pair busy. If the coordinator comes back, its outcome settles the marker
-    /// ([`Peers::settle_ended`]): nothing reported to a user is lost, nothing stays one-sided
-    /// once the two nodes talk again. Returns whether the end is durable.
+    /// no handshake slot; it counts in its coordinator's share and keeps its pair busy, and it
+    /// is still asked about every `participant_wait` (a request membership fails at once while
+    /// the coordinator is unknown). Once the coordinator is back, its outcome, or a presumed
+    /// abort for an id it no longer knows, settles the marker ([`Peers::settle_ended`]):
+    /// nothing reported to a user is lost, nothing stays one-sided once the two nodes talk
+    /// again. Returns whether the end is durable.
     pub(super) fn end_participant(&mut self, id: &RequestId, store: &mut impl Store) -> bool {
         let Some(entry) = self.participating.get(id).cloned() else {
             return true;
@@ -643,7 +652,12 @@ impl Peers {
     /// abort finds the Pod as it was before the Prepare already; a commit, which the coordinator
     /// may have reported to its user, applies the relation now. Unknown ids were settled
     /// earlier. Returns whether the outcome is durable.
-    fn settle_ended(&mut self, id: &RequestId, committed: bool, store: &mut impl Store) -> bool {
+    pub(super) fn settle_ended(
+        &mut self,
+        id: &RequestId,
+        committed: bool,
+        store: &mut impl Store,
+    ) -> bool {
         let Some(entry) = self.ended.get(id).cloned() else {
             return true;
         };

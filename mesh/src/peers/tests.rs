@@ -1133,11 +1133,68 @@ fn a_coordinator_that_comes_back_with_a_commit_gets_its_relation_on_both_sides()
     assert_eq!(net.nodes[N2].0.handshakes_ended(), 0);
     assert!(net.events.iter().any(|(at, e)| at == N2
         && matches!(e, PodEvent::PeerRegistered { source, .. } if source.to_string() == "x@n3")));
-    // A re-sent Prepare of an ended handshake is refused, so its coordinator aborts.
+    // A re-sent Prepare of an ended handshake is refused, so its coordinator aborts: the
+    // coordinator had not committed, and the marker goes.
     let mut net = ended_by_a_gone_coordinator();
     let answer = hand_prepare(&mut net, "n3", 1, "x", "b");
     assert!(is_refused(&answer, ErrorCode::Busy), "{answer:?}");
     assert!(net.peers_of(N2, "b").is_empty());
+    assert_eq!(net.nodes[N2].0.handshakes_ended(), 0);
+}
+
+#[test]
+fn an_ended_marker_is_asked_about_and_settled_once_its_coordinator_answers() {
+    // The coordinator is back but lost its store: it knows no such id, a presumed abort.
+    let mut net = ended_by_a_gone_coordinator();
+    net.requests.clear();
+    net.advance(PeersConfig::default().participant_wait);
+    let (rpc, ..) = net
+        .requests
+        .iter()
+        .find(|(_, from, to, _)| from == N2 && to == "n3")
+        .cloned()
+        .expect("n2 asks n3 about its marker");
+    let outcome = codec::encode_peer(&PeerResponse::Outcome { committed: false });
+    let now = net.now;
+    let (peers, store) = net.nodes.get_mut(N2).unwrap();
+    peers.handle_response(rpc, Some(&outcome), now, store);
+    assert_eq!(peers.handshakes_ended(), 0);
+    assert!(net.peers_of(N2, "b").is_empty());
+}
+
+#[test]
+fn pods_of_this_node_share_no_quota_in_each_others_inboxes() {
+    // The shares bound other nodes; a local sender may fill a local inbox.
+    let mut net = Net::new(&[N1, N2]);
+    net.create(N2, "b");
+    net.create(N2, "c");
+    let token = net.op(
+        N2,
+        LocalOp::RegisterPeer {
+            pod: pod("c"),
+            target: addr("b@n2"),
+        },
+    );
+    assert!(net.reply(N2, token).is_ok());
+    let sends = PeersConfig::default().inbox_share_per_node_max + 10;
+    for i in 0..sends {
+        let token = net.op(
+            N2,
+            LocalOp::Send {
+                pod: pod("c"),
+                target: addr("b@n2"),
+                body: format!("m{i}"),
+                live: true,
+            },
+        );
+        net.settle();
+        assert!(
+            net.reply(N2, token).is_ok(),
+            "message {i}: {:?}",
+            net.reply(N2, token)
+        );
+    }
+    assert_eq!(inbox(&mut net, N2, "b").len(), sends);
 }
 
 #[test]

@@ -117,6 +117,8 @@ struct Flood {
     to: Destination,
     ok: u64,
     refused: BTreeMap<String, u64>,
+    /// The first refusal's message for each code.
+    messages: BTreeMap<String, String>,
 }
 
 impl Flood {
@@ -151,7 +153,9 @@ impl Flood {
         match answer {
             Some(a) if a == *want => self.ok += 1,
             Some(PeerResponse::Rejected(e)) => {
-                *self.refused.entry(format!("{:?}", e.code)).or_default() += 1;
+                let code = format!("{:?}", e.code);
+                self.messages.entry(code.clone()).or_insert(e.message);
+                *self.refused.entry(code).or_default() += 1;
             }
             Some(other) => *self.refused.entry(format!("{other:?}")).or_default() += 1,
             None => *self.refused.entry("no_answer".into()).or_default() += 1,
@@ -207,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         },
         ok: 0,
         refused: BTreeMap::new(),
+        messages: BTreeMap::new(),
     };
     match args.mode {
         Mode::Inbox => {
@@ -268,7 +273,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     println!(
         "{}",
-        serde_json::json!({ "ok": flood.ok, "refused": refused })
+        serde_json::json!({ "ok": flood.ok, "refused": refused, "messages": flood.messages })
     );
     flood.transport.close().await;
     Ok(())
