@@ -8,16 +8,25 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use podmesh_mesh::PeersConfig;
 use podmesh_tests::{Cluster, wait_for};
 use serde_json::{Value, json};
 
 /// Membership convergence may take this long on a loaded machine.
 const SETTLE_MAX: Duration = Duration::from_secs(40);
 
-/// The default shares (mesh `PeersConfig`).
-const INBOX_SHARE: u64 = 256;
-const PEER_SHARE: u64 = 16;
-const HANDSHAKE_SHARE: u64 = 32;
+/// The shares the node runs with (mesh `PeersConfig` defaults).
+fn inbox_share() -> u64 {
+    PeersConfig::default().inbox_share_per_node_max as u64
+}
+
+fn peer_share() -> u64 {
+    PeersConfig::default().peers_per_pod_per_node_max as u64
+}
+
+fn handshake_share() -> u64 {
+    PeersConfig::default().handshakes_per_node_max as u64
+}
 
 fn ok(result: anyhow::Result<Result<Value, (String, String)>>) -> Value {
     match result.unwrap() {
@@ -91,8 +100,8 @@ fn a_flooding_node_fills_only_its_share_of_an_inbox() {
     let (mut cluster, n2) = two_nodes(&["a"], &["b"]);
     ok(cluster.api("n1", "register_peer", json!({ "pod": "a", "name": "b@n2" })));
     let extra = 50;
-    let counts = flood(&cluster, n2, "inbox", "b", INBOX_SHARE + extra);
-    assert_eq!(counts["ok"], INBOX_SHARE, "{counts}");
+    let counts = flood(&cluster, n2, "inbox", "b", inbox_share() + extra);
+    assert_eq!(counts["ok"], inbox_share(), "{counts}");
     assert_eq!(refused(&counts, "InboxFull"), extra, "{counts}");
     // The honest sender still has room, and so do its next messages.
     for i in 0..3 {
@@ -106,7 +115,7 @@ fn a_flooding_node_fills_only_its_share_of_an_inbox() {
     let inbox = ok(cluster.api("n2", "inbox", json!({ "pod": "b" })));
     let messages = inbox["messages"].as_array().unwrap();
     let from = |who: &str| messages.iter().filter(|m| m["from"] == who).count() as u64;
-    assert_eq!(from("flood@n3"), INBOX_SHARE);
+    assert_eq!(from("flood@n3"), inbox_share());
     assert_eq!(from("a@n1"), 3);
 }
 
@@ -114,14 +123,14 @@ fn a_flooding_node_fills_only_its_share_of_an_inbox() {
 fn a_flooding_node_takes_only_its_share_of_a_pods_peer_slots() {
     let (mut cluster, n2) = two_nodes(&["d"], &["c"]);
     let extra = 4;
-    let counts = flood(&cluster, n2, "peers", "c", PEER_SHARE + extra);
-    assert_eq!(counts["ok"], PEER_SHARE, "{counts}");
+    let counts = flood(&cluster, n2, "peers", "c", peer_share() + extra);
+    assert_eq!(counts["ok"], peer_share(), "{counts}");
     assert_eq!(refused(&counts, "InvalidRequest"), extra, "{counts}");
     let reply = ok(cluster.api("n1", "register_peer", json!({ "pod": "d", "name": "c@n2" })));
     assert_eq!(reply["peer"], "c@n2", "{reply}");
     let status = ok(cluster.api("n2", "pod_status", json!({ "name": "c" })));
     let peers = status["peers"].as_array().unwrap();
-    assert_eq!(peers.len() as u64, PEER_SHARE + 1, "{status}");
+    assert_eq!(peers.len() as u64, peer_share() + 1, "{status}");
     assert!(peers.iter().any(|p| p == "d@n1"), "{status}");
 }
 
@@ -134,12 +143,12 @@ fn a_coordinator_that_never_finishes_holds_only_its_share_of_the_handshakes() {
         n2,
         "prepare",
         "t0,t1,t2,t3",
-        HANDSHAKE_SHARE + extra,
+        handshake_share() + extra,
     );
-    assert_eq!(counts["ok"], HANDSHAKE_SHARE, "{counts}");
+    assert_eq!(counts["ok"], handshake_share(), "{counts}");
     assert_eq!(refused(&counts, "Busy"), extra, "{counts}");
     let info = ok(cluster.api("n2", "node_info", json!({})));
-    assert_eq!(info["handshakes_logged"], HANDSHAKE_SHARE, "{info}");
+    assert_eq!(info["handshakes_logged"], handshake_share(), "{info}");
     // The flooder is gone and its prepares stay logged; an honest handshake still goes through,
     // with each of the Pods the flooder used.
     for target in ["t0@n2", "t3@n2"] {
@@ -155,11 +164,11 @@ fn prepares_of_a_coordinator_membership_never_knew_end_after_the_give_up_and_fre
     // the ended markers still count in its share.
     let env = [("PODMESH_PARTICIPANT_GIVE_UP_S", "15")];
     let (mut cluster, n2) = two_nodes_with(&["a"], &["t0", "t1", "t2", "t3"], &env);
-    let counts = flood(&cluster, n2, "prepare", "t0,t1,t2,t3", HANDSHAKE_SHARE);
-    assert_eq!(counts["ok"], HANDSHAKE_SHARE, "{counts}");
+    let counts = flood(&cluster, n2, "prepare", "t0,t1,t2,t3", handshake_share());
+    assert_eq!(counts["ok"], handshake_share(), "{counts}");
     let ended = wait_for(SETTLE_MAX * 2, || {
         let info = cluster.api("n2", "node_info", json!({})).ok()?.ok()?;
-        (info["handshakes_logged"] == 0 && info["handshakes_ended"] == HANDSHAKE_SHARE)
+        (info["handshakes_logged"] == 0 && info["handshakes_ended"] == handshake_share())
             .then_some(info)
     });
     assert!(ended.is_some(), "the flooder's prepares never ended");

@@ -573,17 +573,11 @@ impl Peers {
         };
         let mut batch = WriteBatch::new();
         batch.delete(Table::Handshakes, id_key(PART_PREFIX, id));
-        let mut restored = None;
-        if !committed && let Some(record) = self.pods.get(&entry.target) {
-            let mut record = record.clone();
-            set_edge(&mut record, &entry.source, entry.had_before);
-            batch.put(
-                Table::Pods,
-                record.name.as_str().as_bytes().to_vec(),
-                codec::encode_record(&record),
-            );
-            restored = Some(record);
-        }
+        let restored = if committed {
+            None
+        } else {
+            self.stage_edge(&entry, entry.had_before, &mut batch)
+        };
         if self.write(batch, store).is_err() {
             return false;
         }
@@ -622,18 +616,7 @@ impl Peers {
             id_key(ENDED_PREFIX, id),
             codec::encode_record(&entry),
         );
-        let restored = self.pods.get(&entry.target).map(|record| {
-            let mut record = record.clone();
-            set_edge(&mut record, &entry.source, entry.had_before);
-            record
-        });
-        if let Some(record) = &restored {
-            batch.put(
-                Table::Pods,
-                record.name.as_str().as_bytes().to_vec(),
-                codec::encode_record(record),
-            );
-        }
+        let restored = self.stage_edge(&entry, entry.had_before, &mut batch);
         if self.write(batch, store).is_err() {
             return false;
         }
@@ -663,22 +646,11 @@ impl Peers {
         };
         let mut batch = WriteBatch::new();
         batch.delete(Table::Handshakes, id_key(ENDED_PREFIX, id));
-        let applied = self
-            .pods
-            .get(&entry.target)
-            .filter(|_| committed)
-            .map(|record| {
-                let mut record = record.clone();
-                set_edge(&mut record, &entry.source, entry.op.wanted());
-                record
-            });
-        if let Some(record) = &applied {
-            batch.put(
-                Table::Pods,
-                record.name.as_str().as_bytes().to_vec(),
-                codec::encode_record(record),
-            );
-        }
+        let applied = if committed {
+            self.stage_edge(&entry, entry.op.wanted(), &mut batch)
+        } else {
+            None
+        };
         if self.write(batch, store).is_err() {
             return false;
         }
@@ -693,6 +665,24 @@ impl Peers {
     }
 
     // ---- helpers ----------------------------------------------------------------------
+
+    /// The participant entry's Pod with the relation to its source `present` or not, staged in
+    /// `batch`; `None` when the Pod is gone.
+    fn stage_edge(
+        &self,
+        entry: &PartEntry,
+        present: bool,
+        batch: &mut WriteBatch,
+    ) -> Option<PodRecord> {
+        let mut record = self.pods.get(&entry.target)?.clone();
+        set_edge(&mut record, &entry.source, present);
+        batch.put(
+            Table::Pods,
+            record.name.as_str().as_bytes().to_vec(),
+            codec::encode_record(&record),
+        );
+        Some(record)
+    }
 
     /// Whether a handshake between these two Pods (either direction) is logged.
     fn pair_busy(&self, a: &PodAddr, b: &PodAddr) -> bool {
