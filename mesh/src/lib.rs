@@ -110,8 +110,8 @@ pub use mesh::{Command, Counters, Event, Input, Member, Mesh, Output, StateEntry
 pub use name::{NODE_NAME_LEN_MAX, NodeName};
 pub use node::{NODE_INFO_KEY, Node, NodeOutput};
 pub use peers::{
-    ErrorCode, InboxEntry, LocalOp, LocalReply, PeerError, PeerOp, PeerRequest, PeerResponse,
-    Peers, PeersConfig, PeersCounters, PeersOutput, PodEvent, RequestId,
+    Answer, ErrorCode, InboxEntry, LocalOp, LocalReply, PeerError, PeerOp, PeerRequest,
+    PeerResponse, Peers, PeersConfig, PeersCounters, PeersOutput, PodEvent, RequestId,
 };
 pub use pod::{
     InvalidPod, POD_NAME_LEN_MAX, POD_STATE_PREFIX, PodAddr, PodName, PodRecord, PodStatus,

@@ -18,10 +18,13 @@
 //! 1. [`Node::start`], then [`Node::handle`] with [`Command::Join`].
 //! 2. Feed what arrives: [`Node::handle`] (datagrams, stream messages, commands, lost
 //!    connections), [`Node::handle_request`] (a peer request from another node; the return value
-//!    is its answer), [`Node::handle_response`] (the answer to one of this node's requests, or
+//!    is its answer, or says it comes later as [`NodeOutput::Answer`]), [`Node::handle_response`] (the answer to one of this node's requests, or
 //!    `None` when the transport failed), [`Node::handle_local`] (an operation of a local client).
-//! 3. Sleep until [`Node::poll_timeout`], then [`Node::handle_timeout`].
-//! 4. After every call, drain [`Node::poll_output`].
+//! 3. When nothing more is waiting to be fed and [`Node::staged_deliveries`] is not zero, call
+//!    [`Node::commit_deliveries`]: the deliveries fed since the last commit are stored in one
+//!    transaction (group commit), then answered.
+//! 4. Sleep until [`Node::poll_timeout`], then [`Node::handle_timeout`].
+//! 5. After every call, drain [`Node::poll_output`].
 
 use std::net::SocketAddr;
 
@@ -29,8 +32,8 @@ use crate::codec::MemberState;
 use crate::pod::{PodAddr, PodName, PodRecord};
 use crate::store::Store;
 use crate::{
-    Command, Config, Error, Event, Input, LocalOp, LocalReply, Mesh, NodeName, Output, PeerError,
-    Peers, PeersConfig, PeersOutput, PodEvent, Target, Time,
+    Answer, Command, Config, Error, Event, Input, LocalOp, LocalReply, Mesh, NodeName, Output,
+    PeerError, Peers, PeersConfig, PeersOutput, PodEvent, Target, Time,
 };
 
 /// Replicated state key of a node's own information (address, software version, start time).
@@ -61,6 +64,13 @@ pub enum NodeOutput {
         /// The node, at the address membership knows for it; its name must be authenticated.
         to: Target,
         /// The encoded [`crate::PeerRequest`].
+        bytes: Vec<u8>,
+    },
+    /// The answer to the peer request fed under `ticket` and answered [`Answer::Later`].
+    Answer {
+        /// The driver's ticket.
+        ticket: u64,
+        /// The encoded [`crate::PeerResponse`].
         bytes: Vec<u8>,
     },
     /// The result of the local operation submitted with `token`.
@@ -146,14 +156,33 @@ impl<S: Store> Node<S> {
         self.mesh.handle(input, now)
     }
 
-    /// Answers a peer request from node `from`, whose name the transport authenticated. The
-    /// returned bytes are the encoded answer; `None` means the request did not decode, and the
-    /// driver closes that stream.
-    pub fn handle_request(&mut self, from: &NodeName, bytes: &[u8], now: Time) -> Option<Vec<u8>> {
+    /// Answers a peer request from node `from`, whose name the transport authenticated,
+    /// submitted under the driver's `ticket`: now, later as [`NodeOutput::Answer`] (a delivery
+    /// waiting for [`Node::commit_deliveries`]), or never (it did not decode: the driver closes
+    /// that stream).
+    pub fn handle_request(
+        &mut self,
+        ticket: u64,
+        from: &NodeName,
+        bytes: &[u8],
+        now: Time,
+    ) -> Answer {
         self.now = now;
         let wall = self.wall_ms(now);
         self.peers
-            .handle_request(from, bytes, now, wall, self.mesh.store_mut())
+            .handle_request(ticket, from, bytes, now, wall, self.mesh.store_mut())
+    }
+
+    /// Deliveries fed since the last commit, waiting for [`Node::commit_deliveries`].
+    pub fn staged_deliveries(&self) -> usize {
+        self.peers.staged_deliveries()
+    }
+
+    /// Stores the staged deliveries in one transaction and answers them: acknowledged once
+    /// committed, refused all together if the write fails.
+    pub fn commit_deliveries(&mut self, now: Time) {
+        self.now = now;
+        self.peers.commit_deliveries(self.mesh.store_mut());
     }
 
     /// Feeds the answer to this node's RPC `rpc`, or `None` when the transport could not
@@ -213,6 +242,9 @@ impl<S: Store> Node<S> {
                 },
                 PeersOutput::Reply { token, result } => {
                     return Some(NodeOutput::Reply { token, result });
+                }
+                PeersOutput::Answer { ticket, bytes } => {
+                    return Some(NodeOutput::Answer { ticket, bytes });
                 }
                 PeersOutput::Publish { pod, record } => {
                     let command = PodRecord::publish_command(&pod, record.as_ref());

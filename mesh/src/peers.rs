@@ -32,7 +32,7 @@ mod handshake;
 mod pods;
 mod rpc;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +100,13 @@ pub enum LocalOp {
         /// Remove what is returned.
         drain: bool,
     },
+    /// Remove a Pod's messages up to and including message `up_to`: the program handled them.
+    InboxAck {
+        /// The Pod.
+        pod: PodName,
+        /// The id of the last message handled.
+        up_to: RequestId,
+    },
 }
 
 /// A message in an inbox.
@@ -143,6 +150,11 @@ pub enum LocalReply {
     },
     /// Inbox contents, oldest first.
     Inbox(Vec<InboxEntry>),
+    /// Messages removed from the inbox by an acknowledgement.
+    Acked {
+        /// How many (0 when they were acknowledged before).
+        removed: usize,
+    },
 }
 
 /// Something that happened to a local Pod, for clients attached to it.
@@ -211,6 +223,26 @@ pub enum PeersOutput {
     },
     /// Tell clients attached to a local Pod.
     Event(PodEvent),
+    /// The answer to the peer request submitted with `ticket` and answered
+    /// [`Answer::Later`]: a delivery, once the batch it joined is committed (or failed).
+    Answer {
+        /// The driver's ticket.
+        ticket: u64,
+        /// The encoded [`PeerResponse`].
+        bytes: Vec<u8>,
+    },
+}
+
+/// How [`Peers::handle_request`] answers a peer request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The encoded [`PeerResponse`], now.
+    Now(Vec<u8>),
+    /// As [`PeersOutput::Answer`] with the request's ticket: the request is a delivery staged
+    /// for the next group commit ([`Peers::commit_deliveries`]).
+    Later,
+    /// Never: the request did not decode (counted); the driver closes the stream.
+    Refused,
 }
 
 /// Phase of a coordinator entry.
@@ -280,6 +312,8 @@ const ENDED_PREFIX: u8 = b'e';
 const MESSAGE_PREFIX: u8 = b'm';
 const DEDUPE_PREFIX: u8 = b'd';
 const COUNTER_KEY: &[u8] = b"peers/seq";
+/// Message and handshake ids reserved in the store at a time.
+const ID_BLOCK: u64 = 1024;
 
 fn id_key(prefix: u8, id: &RequestId) -> Vec<u8> {
     let mut key = vec![prefix];
@@ -318,6 +352,10 @@ pub struct PeersCounters {
     pub messages_delivered: u64,
     /// Duplicate deliveries answered without storing again.
     pub duplicates: u64,
+    /// Group commits of deliveries that were written.
+    pub delivery_batches: u64,
+    /// Group commits of deliveries whose write failed (none of their messages acknowledged).
+    pub delivery_batches_failed: u64,
 }
 
 /// The Pod and peer state machine of one node.
@@ -344,9 +382,14 @@ pub struct Peers {
     /// Messages in each local inbox by sending node, for `inbox_share_per_node_max`.
     inbox_shares: BTreeMap<(PodName, NodeName), usize>,
     inbox_seq: u64,
-    dedupe: BTreeSet<RequestId>,
+    /// Ids of stored messages, with their inbox sequence number, for deduplication and acks.
+    dedupe: BTreeMap<RequestId, u64>,
     dedupe_order: VecDeque<RequestId>,
+    /// Deliveries accepted since the last commit, waiting for it.
+    staged: Vec<delivery::Staged>,
     seq: u64,
+    /// The highest id counter the store allows this life to use (`ID_BLOCK` at a time).
+    seq_reserved: u64,
     rpcs: BTreeMap<u64, Rpc>,
     next_rpc: u64,
     timers: BTreeMap<(Time, u64), Timer>,
@@ -378,9 +421,11 @@ impl Peers {
             inboxes: BTreeMap::new(),
             inbox_shares: BTreeMap::new(),
             inbox_seq: 0,
-            dedupe: BTreeSet::new(),
+            dedupe: BTreeMap::new(),
             dedupe_order: VecDeque::new(),
+            staged: Vec::new(),
             seq: 0,
+            seq_reserved: 0,
             rpcs: BTreeMap::new(),
             next_rpc: 0,
             timers: BTreeMap::new(),
@@ -429,7 +474,7 @@ impl Peers {
         dedupe.sort();
         for (order, id) in dedupe {
             peers.inbox_seq = peers.inbox_seq.max(order + 1);
-            peers.dedupe.insert(id.clone());
+            peers.dedupe.insert(id.clone(), order);
             peers.dedupe_order.push_back(id);
         }
         for (key, value) in store.scan(Table::Handshakes)? {
@@ -452,6 +497,7 @@ impl Peers {
         }
         if let Some(bytes) = store.read(Table::Meta, COUNTER_KEY)? {
             peers.seq = codec::decode_record(&bytes)?;
+            peers.seq_reserved = peers.seq;
         }
         peers.resume(now);
         // A new life starts a new generation of replicated state, and the mesh buries the
@@ -585,33 +631,47 @@ impl Peers {
                 live,
             } => self.send(token, pod, target, body, live, now, wall_ms, store),
             LocalOp::Inbox { pod, drain } => self.inbox(&pod, drain, store),
+            LocalOp::InboxAck { pod, up_to } => self.inbox_ack(&pod, &up_to, store),
         };
         if let Some(result) = result {
             self.push(PeersOutput::Reply { token, result });
         }
     }
 
-    /// Answers a request from node `from` (authenticated by the transport). The returned bytes
-    /// are the encoded [`PeerResponse`]; a request that does not decode gets `None` and is
-    /// counted, and the driver closes that stream.
+    /// Answers a request from node `from` (authenticated by the transport), submitted by the
+    /// driver under `ticket`. A delivery is staged for the next group commit and answered
+    /// [`Answer::Later`]; the driver calls [`Peers::commit_deliveries`] once it has fed what
+    /// arrived meanwhile.
     pub fn handle_request(
         &mut self,
+        ticket: u64,
         from: &NodeName,
         bytes: &[u8],
         now: Time,
         wall_ms: u64,
         store: &mut impl Store,
-    ) -> Option<Vec<u8>> {
+    ) -> Answer {
         let limit = self.config.message_size_max + REQUEST_OVERHEAD_MAX;
         let request: PeerRequest = match codec::decode_peer(bytes, limit) {
             Ok(request) => request,
             Err(_) => {
                 self.counters.bad_requests += 1;
-                return None;
+                return Answer::Refused;
             }
         };
-        let response = self.answer(from, request, now, wall_ms, store);
-        Some(codec::encode_peer(&response))
+        let response = match request {
+            PeerRequest::Deliver {
+                id,
+                from: pod,
+                to,
+                body,
+            } => match self.receive(ticket, from, id, pod, to, body, wall_ms, store) {
+                Some(response) => response,
+                None => return Answer::Later,
+            },
+            request => self.answer(from, request, now, store),
+        };
+        Answer::Now(codec::encode_peer(&response))
     }
 
     /// Fails RPC `rpc` to a node membership does not know (forgotten or never heard of), as
@@ -735,15 +795,21 @@ impl Peers {
     // ---- helpers ----------------------------------------------------------------------
 
     fn next_id(&mut self, store: &mut impl Store) -> Result<RequestId, PeerError> {
-        // The counter is durable so ids stay unique even if the incarnation were reused.
+        // The counter is durable so ids stay unique even if the incarnation were reused. It is
+        // reserved a block at a time, so a send writes to the store once per `ID_BLOCK` ids;
+        // a crash skips the rest of the block.
         let seq = self.seq + 1;
-        let mut batch = WriteBatch::new();
-        batch.put(
-            Table::Meta,
-            COUNTER_KEY.to_vec(),
-            codec::encode_record(&seq),
-        );
-        self.write(batch, store)?;
+        if seq > self.seq_reserved {
+            let reserved = self.seq + ID_BLOCK;
+            let mut batch = WriteBatch::new();
+            batch.put(
+                Table::Meta,
+                COUNTER_KEY.to_vec(),
+                codec::encode_record(&reserved),
+            );
+            self.write(batch, store)?;
+            self.seq_reserved = reserved;
+        }
         self.seq = seq;
         Ok(RequestId {
             node: self.me.clone(),

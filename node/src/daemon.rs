@@ -29,6 +29,7 @@ use crate::faults::Faults;
 use crate::metrics::{self, Metrics, Scrape, Snapshot};
 use crate::store::{OpenError, RedbStore};
 use crate::transport::{Channel, Destination, Inbound, Transport, TransportLimits};
+use inbound::request_kind;
 
 /// How long a leaving node keeps gossiping its `left` state before it exits.
 pub const LEAVE_GRACE_MAX: Duration = Duration::from_secs(3);
@@ -338,6 +339,8 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
         stopping: None,
         pending: BTreeMap::new(),
         next_token: 0,
+        answers: BTreeMap::new(),
+        next_ticket: 0,
         attached: BTreeMap::new(),
         watchers: Vec::new(),
         alerts: BTreeMap::new(),
@@ -398,6 +401,17 @@ struct Watcher {
     pods: bool,
 }
 
+/// Where a peer request answered later goes.
+struct AnswerTx {
+    kind: Option<&'static str>,
+    reply_tx: tokio::sync::oneshot::Sender<Option<Vec<u8>>>,
+}
+
+/// Inputs a group commit feeds before it writes: bounded so that a flood of deliveries still
+/// lets timers run between commits, and well above `delivery_batch_max`, which bounds the
+/// batch itself.
+const GATHER_MAX: usize = 256;
+
 struct Actor {
     /// First, so that the socket goes before the store's lock: a node starting next never
     /// has its new socket removed by this one.
@@ -409,6 +423,9 @@ struct Actor {
     stopping: Option<Stop>,
     pending: BTreeMap<u64, PendingCall>,
     next_token: u64,
+    /// Peer requests answered later (deliveries waiting for their group commit), by ticket.
+    answers: BTreeMap<u64, AnswerTx>,
+    next_ticket: u64,
     /// Clients attached to each local Pod.
     attached: BTreeMap<PodName, Vec<ClientTx>>,
     /// Clients that asked for member events (`watch`), and Pod events too (`monitor`).
@@ -480,6 +497,7 @@ impl Actor {
                     }
                 }
             }
+            self.group_commit(&mut inbound_rx, &mut calls_rx);
             self.flush();
         }
     }
@@ -497,52 +515,6 @@ impl Actor {
         self.stopping = Some(Stop::Leave { until });
     }
 
-    fn inbound(&mut self, inbound: Inbound) {
-        let now = self.clock.now();
-        let input = match inbound {
-            Inbound::Datagram { from, bytes } => match mesh_name(&from) {
-                Ok(from) => Input::Datagram { from, bytes },
-                Err(_) => return,
-            },
-            Inbound::Message { from, bytes } => match mesh_name(&from) {
-                Ok(from) => Input::Message { from, bytes },
-                Err(_) => return,
-            },
-            Inbound::ConnectionLost { node } => match mesh_name(&node) {
-                Ok(node) => Input::ConnectionLost { node },
-                Err(_) => return,
-            },
-            Inbound::Request {
-                from,
-                bytes,
-                reply_tx,
-            } => {
-                let kind = request_kind(&bytes);
-                if kind == Some("commit") {
-                    self.faults.crash("participant-before-commit");
-                }
-                let answer = match mesh_name(&from) {
-                    Ok(from) => self.node.handle_request(&from, &bytes, now),
-                    Err(_) => None,
-                };
-                match kind {
-                    Some("prepare") => self.faults.crash("participant-after-prepare"),
-                    Some("deliver") if self.faults.fire("drop-delivered-reply") => return,
-                    _ => {}
-                }
-                let _ = reply_tx.send(answer);
-                return;
-            }
-            Inbound::Response { rpc, bytes } => {
-                self.node.handle_response(rpc, bytes.as_deref(), now);
-                return;
-            }
-        };
-        if let Err(e) = self.node.handle(input, now) {
-            warn!(error = %e, "input refused");
-        }
-    }
-
     /// Carries out everything the node asked for, until it has nothing more.
     fn flush(&mut self) {
         while let Some(output) = self.node.poll_output() {
@@ -558,6 +530,11 @@ impl Actor {
                     }
                 }
                 NodeOutput::Request { rpc, to, bytes } => self.request(rpc, to, bytes),
+                NodeOutput::Answer { ticket, bytes } => {
+                    if let Some(AnswerTx { kind, reply_tx }) = self.answers.remove(&ticket) {
+                        self.answer_peer(kind, reply_tx, Some(bytes));
+                    }
+                }
                 NodeOutput::Reply { token, result } => {
                     if let Some(call) = self.pending.remove(&token) {
                         if let Some(started) = call.send_started {
@@ -651,16 +628,7 @@ impl Actor {
             ),
             PodEvent::Notification { pod, entry } => (
                 pod,
-                Reply::ok(
-                    None,
-                    "notification",
-                    json!({
-                        "from": entry.from.to_string(),
-                        "message": entry.body,
-                        "id": entry.id.to_string(),
-                        "received_at": entry.received_at_ms,
-                    }),
-                ),
+                Reply::ok(None, "notification", local_api::message_json(&entry)),
             ),
             PodEvent::StatusChanged { pod, status } => (
                 pod.clone(),
@@ -681,7 +649,9 @@ impl Actor {
         let clients = self.attached.entry(pod.clone()).or_default();
         // A client whose queue is full or gone is detached rather than silently skipped.
         clients.retain(|tx| tx.send(reply.clone()));
-        if clients.is_empty() {
+        // A message needs no alert: it stays in the inbox, which the next attach's snapshot
+        // carries, until it is acknowledged or drained.
+        if clients.is_empty() && reply.event != "notification" {
             let alerts = self.alerts.entry(pod).or_default();
             if alerts.len() >= ALERTS_MAX {
                 alerts.pop_front();
@@ -782,23 +752,6 @@ impl Actor {
     }
 }
 
-/// The kind of a peer request, for fault points and logs.
-fn request_kind(bytes: &[u8]) -> Option<&'static str> {
-    use podmesh_mesh::PeerRequest;
-    let request = PeerRequest::decode(
-        bytes,
-        crate::transport::TransportLimits::default().frame_size_max,
-    )
-    .ok()?;
-    Some(match request {
-        PeerRequest::Prepare { .. } => "prepare",
-        PeerRequest::Commit { .. } => "commit",
-        PeerRequest::Abort { .. } => "abort",
-        PeerRequest::Query { .. } => "query",
-        PeerRequest::Deliver { .. } => "deliver",
-    })
-}
-
 fn destination(target: Target) -> Option<Destination> {
     let name = match target.name {
         Some(name) => Some(name.as_str().parse().ok()?),
@@ -836,6 +789,7 @@ fn api_error(error: PeerError) -> ApiError {
     ApiError::new(error.code, error.message)
 }
 
+mod inbound;
 mod local_api;
 
 #[cfg(test)]

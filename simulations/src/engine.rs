@@ -4,13 +4,13 @@
 //! after every event.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use podmesh_mesh::{
-    Command, Config, Event, Input, LocalOp, MemStore, Node, NodeName, NodeOutput, PeersConfig,
-    PodAddr, PodEvent, PodName, Row, Store, StoreError, Table, Target, WriteBatch,
+    Answer, Command, Config, Event, Input, LocalOp, MemStore, Node, NodeName, NodeOutput,
+    PeersConfig, PodAddr, PodEvent, PodName, Row, Store, StoreError, Table, Target, WriteBatch,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,6 +25,10 @@ use crate::schedule::{Action, timeline};
 
 /// How often the plot is sampled and the liveness phase checks for convergence.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The modelled time of one fsynced store transaction: deliveries that reach a node while its
+/// group commit is in progress are stored in that one (a node's first delivery starts it).
+pub const COMMIT_TIME: Duration = Duration::from_millis(1);
 /// Events one run may process before it is stopped as runaway (a protocol loop).
 pub const EVENTS_MAX: u64 = 2_000_000_000;
 
@@ -97,6 +101,11 @@ enum Ev {
         rpc: u64,
         bytes: Vec<u8>,
     },
+    /// A node's group commit finishes: its staged deliveries are written and answered.
+    Commit {
+        node: usize,
+        life: u32,
+    },
     Workload,
     Sample,
 }
@@ -111,6 +120,7 @@ impl Ev {
             Ev::Response { to, .. } => 5 + ((*to as u64) << 8),
             Ev::Workload => 6,
             Ev::Sample => 7,
+            Ev::Commit { node, .. } => 8 + ((*node as u64) << 8),
         }
     }
 }
@@ -156,6 +166,13 @@ struct Host {
     wipes: u32,
     /// When it crashed for good, until some node first suspects it.
     crashed_at: Option<Time>,
+    /// When its group commit in progress finishes.
+    commit_at: Option<Time>,
+    /// A crash waiting for the next group commit (`Some(stays_down)`).
+    crash_at_commit: Option<bool>,
+    /// Peer requests answered after a commit, by ticket: (requester, its life, its rpc).
+    answers: BTreeMap<u64, (usize, u32, u64)>,
+    next_ticket: u64,
 }
 
 /// FNV-1a, for the event-log hash: tiny, stable across builds and platforms.
@@ -258,6 +275,10 @@ impl Sim {
                     running: None,
                     store: None,
                     wake_at: None,
+                    commit_at: None,
+                    crash_at_commit: None,
+                    answers: BTreeMap::new(),
+                    next_ticket: 0,
                     awaiting_restart: false,
                     incarnation_max: 0,
                     wipes: 0,
@@ -391,24 +412,39 @@ impl Sim {
                 self.hash.mix_bytes(&bytes);
                 let now = self.now;
                 let from_name = self.names[from].clone();
-                let Some(r) = self.nodes[to].running.as_mut() else {
+                let host = &mut self.nodes[to];
+                let Some(r) = host.running.as_mut() else {
                     return;
                 };
-                let answer = r.handle_request(&from_name, &bytes, now);
-                self.pump(to);
-                if let Some(answer) = answer {
-                    for delay in self.net.route(&mut self.rng, to, from, Kind::Stream) {
-                        self.push(
-                            now + delay,
-                            Ev::Response {
-                                to: from,
-                                life: from_life,
-                                rpc,
-                                bytes: answer.clone(),
-                            },
-                        );
+                host.next_ticket += 1;
+                let ticket = host.next_ticket;
+                match r.handle_request(ticket, &from_name, &bytes, now) {
+                    Answer::Now(answer) => self.respond(to, (from, from_life, rpc), answer),
+                    Answer::Later => {
+                        host.answers.insert(ticket, (from, from_life, rpc));
                     }
+                    Answer::Refused => {}
                 }
+                self.pump(to);
+            }
+            Ev::Commit { node, life } => {
+                if self.nodes[node].life != life {
+                    return;
+                }
+                self.nodes[node].commit_at = None;
+                if let Some(stays_down) = self.nodes[node].crash_at_commit.take() {
+                    self.act(Action::Crash {
+                        node,
+                        stays_down,
+                        mid_commit: false,
+                    });
+                    return;
+                }
+                let now = self.now;
+                if let Some(r) = self.nodes[node].running.as_mut() {
+                    r.commit_deliveries(now);
+                }
+                self.pump(node);
             }
             Ev::Response {
                 to,
@@ -448,7 +484,16 @@ impl Sim {
                     self.start(node, durable, false);
                 }
             }
-            Action::Crash { node, stays_down } => {
+            Action::Crash {
+                node,
+                stays_down,
+                mid_commit: true,
+            } if self.nodes[node].commit_at.is_none() && self.nodes[node].running.is_some() => {
+                self.nodes[node].crash_at_commit = Some(stays_down);
+            }
+            Action::Crash {
+                node, stays_down, ..
+            } => {
                 if stays_down && self.nodes[node].running.is_some() {
                     self.nodes[node].crashed_at = Some(self.now);
                 }
@@ -590,9 +635,12 @@ impl Sim {
         let Some(r) = self.nodes[node].running.take() else {
             return;
         };
+        self.figures.staged_lost_in_crash += r.staged_deliveries() as u64;
         let n = &mut self.nodes[node];
         n.life += 1;
         n.wake_at = None;
+        n.commit_at = None;
+        n.answers.clear();
         n.awaiting_restart = !stays_down;
         let mut store = r.into_store();
         self.figures.write_failures += store.failures;
@@ -621,6 +669,22 @@ impl Sim {
     }
 
     /// Carries out everything node `node` asked for, then schedules its next wake-up.
+    /// Sends the answer of a peer request back to `(requester, its life, its rpc)`.
+    fn respond(&mut self, node: usize, (to, life, rpc): (usize, u32, u64), answer: Vec<u8>) {
+        let now = self.now;
+        for delay in self.net.route(&mut self.rng, node, to, Kind::Stream) {
+            self.push(
+                now + delay,
+                Ev::Response {
+                    to,
+                    life,
+                    rpc,
+                    bytes: answer.clone(),
+                },
+            );
+        }
+    }
+
     fn pump(&mut self, node: usize) {
         let now = self.now;
         loop {
@@ -636,7 +700,15 @@ impl Sim {
         let Some(r) = self.nodes[node].running.as_ref() else {
             return;
         };
-        if let Some(at) = r.poll_timeout() {
+        // A commit starts when the first delivery is staged; those staged until it finishes
+        // share it.
+        let (staged, wake) = (r.staged_deliveries(), r.poll_timeout());
+        if staged > 0 && self.nodes[node].commit_at.is_none() {
+            let at = now + COMMIT_TIME;
+            self.nodes[node].commit_at = Some(at);
+            self.push(at, Ev::Commit { node, life });
+        }
+        if let Some(at) = wake {
             let at = at.max(now);
             if self.nodes[node].wake_at.is_none_or(|w| at < w) {
                 self.nodes[node].wake_at = Some(at);
@@ -652,6 +724,11 @@ impl Sim {
             NodeOutput::Message { to, bytes } => self.send_frame(node, &to, bytes, true),
             NodeOutput::Request { rpc, to, bytes } => self.send_request(node, &to, rpc, bytes),
             NodeOutput::Reply { token, result } => self.reply(node, token, result),
+            NodeOutput::Answer { ticket, bytes } => {
+                if let Some(requester) = self.nodes[node].answers.remove(&ticket) {
+                    self.respond(node, requester, bytes);
+                }
+            }
             NodeOutput::Published { pod, record, .. } => {
                 // Durability: every acknowledged relation is in each record a node publishes.
                 if let Some(record) = &record {

@@ -420,7 +420,9 @@ impl Sim {
                     self.start(node);
                 }
             }
-            Action::Crash { node, stays_down } => self.stop(node, stays_down),
+            Action::Crash {
+                node, stays_down, ..
+            } => self.stop(node, stays_down),
             Action::Leave(node) => {
                 if self.nodes[node].is_some() {
                     self.call(node, |foca, out| foca.leave_cluster(out));

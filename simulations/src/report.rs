@@ -25,6 +25,12 @@ pub struct PeerFigures {
     pub write_failures: u64,
     /// Duplicate deliveries answered without storing again.
     pub duplicates_answered: u64,
+    /// Group commits of deliveries written (nodes running at the end).
+    pub delivery_batches: u64,
+    /// Group commits whose write failed by injection: none of their messages acknowledged.
+    pub delivery_batches_failed: u64,
+    /// Deliveries staged for a commit when their node crashed: never acknowledged.
+    pub staged_lost_in_crash: u64,
     /// Messages acknowledged after their receiver restarted without its store (stored in the
     /// store that was lost; not counted against the invariants).
     pub messages_lost_with_disk: u64,
@@ -189,6 +195,11 @@ impl Report {
                 p.messages_acked,
                 p.messages_refused,
                 p.write_failures
+            );
+            let _ = writeln!(
+                s,
+                "  group commits: {} written, {} failed, {} staged deliveries lost in crashes",
+                p.delivery_batches, p.delivery_batches_failed, p.staged_lost_in_crash
             );
         }
         if let Some(f) = &self.foca {

@@ -172,6 +172,10 @@ pub enum Fault {
         /// Whether the store survives the crash (a restart without it starts empty).
         #[serde(default = "yes")]
         durable: bool,
+        /// Each crash waits until its node has deliveries staged for a group commit and strikes
+        /// before that commit is written: what a crash mid-batch loses is checked.
+        #[serde(default)]
+        mid_commit: bool,
     },
     /// `count` nodes become slow by `delay_ms` from `at_s` for `for_s`.
     Slow {
@@ -241,6 +245,10 @@ pub struct Workload {
     /// Messages sent to peers per second, mesh-wide.
     #[serde(default)]
     pub send_per_s: f64,
+    /// Messages each send sends at once, from one Pod to one peer (1 when absent): bursts
+    /// that reach the receiver within one group commit.
+    #[serde(default)]
+    pub send_burst: usize,
     /// Probability that a store write fails.
     #[serde(default)]
     pub fail_write: f64,

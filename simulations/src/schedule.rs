@@ -24,6 +24,8 @@ pub enum Action {
         node: usize,
         /// Whether no restart follows.
         stays_down: bool,
+        /// Whether it waits for the node's next group commit and strikes just before it.
+        mid_commit: bool,
     },
     /// The node leaves gracefully and stops.
     Leave(usize),
@@ -100,6 +102,7 @@ pub fn timeline(scenario: &Scenario, seed: u64) -> Vec<(Time, Action)> {
                 spread_s,
                 restart_after_s,
                 durable,
+                mid_commit,
             } => {
                 let candidates = n - seeds;
                 let count = ((candidates as f64) * fraction).round() as usize;
@@ -113,6 +116,7 @@ pub fn timeline(scenario: &Scenario, seed: u64) -> Vec<(Time, Action)> {
                         Action::Crash {
                             node,
                             stays_down: restart_after_s.is_none(),
+                            mid_commit: *mid_commit,
                         },
                     ));
                     if let Some(back) = back {
@@ -167,6 +171,7 @@ pub fn timeline(scenario: &Scenario, seed: u64) -> Vec<(Time, Action)> {
                             Action::Crash {
                                 node,
                                 stays_down: false,
+                                mid_commit: false,
                             }
                         },
                     ));

@@ -341,11 +341,12 @@ fn relations_and_inboxes_survive_restarts_of_both_nodes() {
 }
 
 #[test]
-fn an_attached_client_gets_alerts_then_one_snapshot_then_live_notifications() {
+fn an_attached_client_gets_alerts_then_one_snapshot_with_the_inbox_then_live_notifications() {
     // The attach prelude of docs/local-api.md, and the sender label from the TLS identity.
     let (mut cluster, _) = two_nodes(&[], &[]);
     ok(cluster.api("n1", "register_peer", json!({ "pod": "a", "name": "b@n2" })));
-    // Sent while nobody is attached to b: it must come back as an alert.
+    // Sent while nobody is attached to b: it comes back in the snapshot's inbox, once, and
+    // the relation made meanwhile as an alert.
     ok(cluster.api(
         "n1",
         "send_to_peer",
@@ -391,10 +392,21 @@ fn an_attached_client_gets_alerts_then_one_snapshot_then_live_notifications() {
     assert!(
         prelude
             .iter()
-            .any(|e| e.event == "alert" && e.data["data"]["message"] == "early"),
+            .any(|e| e.event == "alert" && e.data["event"] == "peer_registered"),
         "{prelude:?}"
     );
-    assert_eq!(prelude.last().unwrap().id, Some(7));
+    assert!(
+        !prelude
+            .iter()
+            .any(|e| e.event == "alert" && e.data["event"] == "notification"),
+        "a message is not an alert too: {prelude:?}"
+    );
+    let snapshot = prelude.last().unwrap();
+    assert_eq!(snapshot.id, Some(7));
+    let inbox = snapshot.data["inbox"].as_array().unwrap();
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0]["message"], "early");
+    assert_eq!(inbox[0]["from"], "a@n1");
     // A live message arrives as a notification labelled with the authenticated sender.
     ok(cluster.api(
         "n1",
@@ -409,4 +421,93 @@ fn an_attached_client_gets_alerts_then_one_snapshot_then_live_notifications() {
     };
     assert_eq!(notification.data["from"], "a@n1");
     assert_eq!(notification.data["message"], "live");
+}
+
+#[test]
+fn acknowledged_messages_leave_the_inbox_for_good_and_the_rest_come_back_after_a_restart() {
+    // Three messages; `inbox_ack` up to the second leaves the third, also after a restart of
+    // the receiving node. A program that stopped before acking gets the third again from its
+    // next attach; acking again is no error; an unknown id is a clear one.
+    let (mut cluster, seed) = two_nodes(&[], &[]);
+    ok(cluster.api("n1", "register_peer", json!({ "pod": "a", "name": "b@n2" })));
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        let sent = ok(cluster.api(
+            "n1",
+            "send_to_peer",
+            json!({ "pod": "a", "name": "b@n2", "message": text }),
+        ));
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    let inbox = ok(cluster.api("n2", "inbox", json!({ "pod": "b" })));
+    let listed: Vec<&str> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "inbox carries the ids the senders were given");
+    let acked = ok(cluster.api("n2", "inbox_ack", json!({ "pod": "b", "up_to": ids[1] })));
+    assert_eq!(acked["removed"], 2);
+    let messages = |cluster: &mut Cluster| -> Vec<String> {
+        let inbox = ok(cluster.api("n2", "inbox", json!({ "pod": "b" })));
+        inbox["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(messages(&mut cluster), ["three"]);
+
+    cluster.restart("n2", &[seed]).unwrap();
+    assert_eq!(
+        messages(&mut cluster),
+        ["three"],
+        "the ack survives the restart"
+    );
+    let again = ok(cluster.api("n2", "inbox_ack", json!({ "pod": "b", "up_to": ids[0] })));
+    assert_eq!(again["removed"], 0, "acking again changes nothing");
+    let unknown = cluster
+        .api(
+            "n2",
+            "inbox_ack",
+            json!({ "pod": "b", "up_to": "n1-1-999999" }),
+        )
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(unknown.0, "not_found", "{unknown:?}");
+    let malformed = cluster
+        .api(
+            "n2",
+            "inbox_ack",
+            json!({ "pod": "b", "up_to": "nonsense" }),
+        )
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(malformed.0, "invalid_request", "{malformed:?}");
+
+    // Attach, as a program would after a crash: the unacknowledged message is in the snapshot.
+    let socket = cluster.node("n2").data_dir.join("podmesh.sock");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let snapshot = runtime.block_on(async {
+        let mut client = podmesh::client::Client::connect(&socket).await.unwrap();
+        client.call("attach", json!({ "pod": "b" })).await.unwrap()
+    });
+    let inbox = snapshot.data["inbox"].as_array().unwrap();
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0]["id"], ids[2].as_str());
+    assert_eq!(
+        messages(&mut cluster),
+        ["three"],
+        "attaching acknowledges nothing"
+    );
+
+    // The CLI: `podmesh inbox b --ack` prints what it acknowledges.
+    let shown = cluster.cli_json("n2", &["inbox", "b", "--ack"]).unwrap();
+    assert_eq!(shown["messages"][0]["message"], "three");
+    assert!(messages(&mut cluster).is_empty());
 }

@@ -88,8 +88,19 @@ impl Pair {
                             self.requests += 1;
                             let j = self.index(&to);
                             let now = self.now;
-                            let answer = self.nodes[j].handle_request(&name(i), &bytes, now);
-                            self.nodes[i].handle_response(rpc, answer.as_deref(), now);
+                            // The ticket says where the answer goes, now or after the commit.
+                            let ticket = (i as u64) << 32 | rpc;
+                            match self.nodes[j].handle_request(ticket, &name(i), &bytes, now) {
+                                Answer::Now(answer) => {
+                                    self.nodes[i].handle_response(rpc, Some(&answer), now);
+                                }
+                                Answer::Later => self.nodes[j].commit_deliveries(now),
+                                Answer::Refused => self.nodes[i].handle_response(rpc, None, now),
+                            }
+                        }
+                        NodeOutput::Answer { ticket, bytes } => {
+                            let (from, rpc) = ((ticket >> 32) as usize, ticket & 0xffff_ffff);
+                            self.nodes[from].handle_response(rpc, Some(&bytes), self.now);
                         }
                         NodeOutput::Reply { token, result } => {
                             self.replies.push((i, token, result));

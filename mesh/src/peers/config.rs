@@ -26,6 +26,11 @@ pub struct PeersConfig {
     /// `inbox_len_max`): a node flooding a Pod fills its own share, refused with `inbox_full`,
     /// and leaves three quarters of the inbox to every other sender.
     pub inbox_share_per_node_max: usize,
+    /// Deliveries stored together in one store transaction (group commit): those that arrive
+    /// while a commit is in progress join the next one, up to this many. 64 keeps a batch of
+    /// the largest messages under 4 MiB and its commit short, while 64 concurrent senders
+    /// already share one fsync.
+    pub delivery_batch_max: usize,
     /// Message ids remembered for deduplication, per node (oldest forgotten first). Must exceed
     /// the messages a sender can retry within its attempts.
     pub dedupe_ids_max: usize,
@@ -64,6 +69,7 @@ impl Default for PeersConfig {
             message_size_max: 64 * 1024,
             inbox_len_max: 1024,
             inbox_share_per_node_max: 256,
+            delivery_batch_max: 64,
             dedupe_ids_max: 16 * 1024,
             // One replicated state key per Pod, under `Config::state_keys_max` (1024) with room
             // for the node's own keys.

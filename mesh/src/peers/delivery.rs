@@ -1,18 +1,40 @@
 //! Acknowledged delivery between peers (DESIGN section 5.2, "SendToPeer: acknowledged
 //! delivery"): sending a message to a peer Pod, storing a received one durably in the
-//! receiving Pod's inbox, deduplicated by id, and reading the stored inboxes back. Re-sends
+//! receiving Pod's inbox, deduplicated by id, and reading the stored inboxes back. Deliveries
+//! that arrive while a commit is in progress are stored together in the next store transaction
+//! (group commit), each acknowledged only once its batch is committed. Re-sends
 //! after a lost answer are driven by `Peers::handle_answer`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::{
     DEDUPE_PREFIX, ErrorCode, InboxEntry, LocalReply, MESSAGE_PREFIX, PeerError, PeerRequest,
-    Peers, PeersOutput, PodEvent, RequestId, Rpc, Timer, id_key, message_key, not_found_pod,
+    PeerResponse, Peers, PeersOutput, PodEvent, RequestId, Rpc, Timer, id_key, message_key,
+    not_found_pod,
 };
+use crate::NodeName;
 use crate::Time;
 use crate::codec;
 use crate::pod::{PodAddr, PodName};
 use crate::store::{Store, Table, WriteBatch};
+
+/// Who is told the outcome of a staged delivery.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Waiter {
+    /// A peer request, by the driver's ticket.
+    Peer(u64),
+    /// A local send to a Pod of this node, by its token.
+    Local(u64),
+}
+
+/// A delivery waiting for the next group commit.
+#[derive(Debug)]
+pub(super) struct Staged {
+    waiter: Waiter,
+    id: RequestId,
+    /// The inbox and the message; `None` for a retry of a message staged before it.
+    message: Option<(PodName, InboxEntry)>,
+}
 
 impl Peers {
     #[allow(
@@ -61,10 +83,20 @@ impl Peers {
         };
         let from = PodAddr::new(pod.clone(), self.me.clone());
         if target.node == self.me {
-            return Some(
-                self.store_message(&from, &target.pod, id.clone(), body, wall_ms, store)
-                    .map(|()| LocalReply::Delivered { id }),
-            );
+            let waiter = Waiter::Local(token);
+            return match self.stage_message(
+                waiter,
+                &from,
+                &target.pod,
+                id.clone(),
+                body,
+                wall_ms,
+                store,
+            ) {
+                Ok(true) => None,
+                Ok(false) => Some(Ok(LocalReply::Delivered { id })),
+                Err(error) => Some(Err(error)),
+            };
         }
         let request = PeerRequest::Deliver {
             id: id.clone(),
@@ -91,27 +123,69 @@ impl Peers {
         None
     }
 
-    pub(super) fn store_message(
+    /// A `Deliver` from node `from`, submitted under `ticket`: staged for the next group commit
+    /// (`None`: answered with [`PeersOutput::Answer`]), or refused now.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's fields plus the driver's context"
+    )]
+    pub(super) fn receive(
         &mut self,
+        ticket: u64,
+        from: &NodeName,
+        id: RequestId,
+        pod: PodName,
+        to: PodName,
+        body: String,
+        wall_ms: u64,
+        store: &mut impl Store,
+    ) -> Option<PeerResponse> {
+        if id.node != *from {
+            self.counters.identity_mismatches += 1;
+            return Some(PeerResponse::Rejected(PeerError::new(
+                ErrorCode::InvalidRequest,
+                "message id from another node",
+            )));
+        }
+        let sender = PodAddr::new(pod, from.clone());
+        match self.stage_message(Waiter::Peer(ticket), &sender, &to, id, body, wall_ms, store) {
+            Ok(true) => None,
+            Ok(false) => Some(PeerResponse::Delivered),
+            Err(error) => Some(PeerResponse::Rejected(error)),
+        }
+    }
+
+    /// Checks a message for inbox `to` and stages it for the next commit, with `waiter` to be
+    /// told the outcome (`Ok(true)`). A message already stored is acknowledged at once
+    /// (`Ok(false)`); a retry of one still staged waits for the same commit. A full batch is
+    /// committed here.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one message's fields plus the driver's context"
+    )]
+    pub(super) fn stage_message(
+        &mut self,
+        waiter: Waiter,
         from: &PodAddr,
         to: &PodName,
         id: RequestId,
         body: String,
         wall_ms: u64,
         store: &mut impl Store,
-    ) -> Result<(), PeerError> {
-        let Some(record) = self.pods.get(to) else {
-            return Err(not_found_pod(to));
-        };
-        if !record.peers.contains(from) {
-            return Err(PeerError::new(
-                ErrorCode::NotFound,
-                format!("{from} is not a peer of {to}"),
-            ));
-        }
-        if self.dedupe.contains(&id) {
+    ) -> Result<bool, PeerError> {
+        self.check_relation(from, to)?;
+        if self.dedupe.contains_key(&id) {
             self.counters.duplicates += 1;
-            return Ok(());
+            return Ok(false);
+        }
+        if self.staged.iter().any(|s| s.id == id) {
+            self.counters.duplicates += 1;
+            self.staged.push(Staged {
+                waiter,
+                id,
+                message: None,
+            });
+            return Ok(true);
         }
         if body.len() > self.config.message_size_max {
             return Err(PeerError::new(
@@ -123,7 +197,14 @@ impl Peers {
                 ),
             ));
         }
-        let queued = self.inboxes.get(to).map_or(0, VecDeque::len);
+        let staged_for = |inbox: &PodName, node: Option<&NodeName>| {
+            self.staged
+                .iter()
+                .filter_map(|s| s.message.as_ref())
+                .filter(|(pod, entry)| pod == inbox && node.is_none_or(|n| *n == entry.from.node))
+                .count()
+        };
+        let queued = self.inboxes.get(to).map_or(0, VecDeque::len) + staged_for(to, None);
         if queued >= self.config.inbox_len_max {
             return Err(PeerError::new(
                 ErrorCode::InboxFull,
@@ -131,7 +212,8 @@ impl Peers {
             ));
         }
         let share = (to.clone(), from.node.clone());
-        let held = self.inbox_shares.get(&share).copied().unwrap_or(0);
+        let held =
+            self.inbox_shares.get(&share).copied().unwrap_or(0) + staged_for(to, Some(&from.node));
         if from.node != self.me && held >= self.config.inbox_share_per_node_max {
             return Err(PeerError::new(
                 ErrorCode::InboxFull,
@@ -147,41 +229,126 @@ impl Peers {
             body,
             received_at_ms: wall_ms,
         };
-        let seq = self.inbox_seq;
+        self.staged.push(Staged {
+            waiter,
+            id,
+            message: Some((to.clone(), entry)),
+        });
+        if self.staged.len() >= self.config.delivery_batch_max {
+            self.commit_deliveries(store);
+        }
+        Ok(true)
+    }
+
+    /// `from` may write to local inbox `to`: the Pod exists and has `from` as a peer.
+    fn check_relation(&self, from: &PodAddr, to: &PodName) -> Result<(), PeerError> {
+        let Some(record) = self.pods.get(to) else {
+            return Err(not_found_pod(to));
+        };
+        if !record.peers.contains(from) {
+            return Err(PeerError::new(
+                ErrorCode::NotFound,
+                format!("{from} is not a peer of {to}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores every staged delivery in one store transaction (group commit), then answers each
+    /// waiter: `Delivered` only once its batch is committed; a failed batch acknowledges none
+    /// of its messages. A relation removed since staging refuses that message alone.
+    pub fn commit_deliveries(&mut self, store: &mut impl Store) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let mut refused: BTreeMap<RequestId, PeerError> = BTreeMap::new();
+        let mut stored: Vec<(PodName, InboxEntry, u64)> = Vec::new();
         let mut batch = WriteBatch::new();
-        batch.put(
-            Table::Inboxes,
-            message_key(to, seq),
-            codec::encode_record(&entry),
-        );
-        batch.put(
-            Table::Inboxes,
-            id_key(DEDUPE_PREFIX, &id),
-            codec::encode_record(&(seq, id.clone())),
-        );
-        let evicted = (self.dedupe_order.len() >= self.config.dedupe_ids_max)
-            .then(|| self.dedupe_order.front().cloned())
-            .flatten();
-        if let Some(old) = &evicted {
+        for (to, entry) in staged.iter().filter_map(|s| s.message.as_ref()) {
+            if let Err(error) = self.check_relation(&entry.from, to) {
+                refused.insert(entry.id.clone(), error);
+                continue;
+            }
+            let seq = self.inbox_seq + stored.len() as u64;
+            batch.put(
+                Table::Inboxes,
+                message_key(to, seq),
+                codec::encode_record(entry),
+            );
+            batch.put(
+                Table::Inboxes,
+                id_key(DEDUPE_PREFIX, &entry.id),
+                codec::encode_record(&(seq, entry.id.clone())),
+            );
+            stored.push((to.clone(), entry.clone(), seq));
+        }
+        let evicted = (self.dedupe_order.len() + stored.len())
+            .saturating_sub(self.config.dedupe_ids_max)
+            .min(self.dedupe_order.len());
+        for old in self.dedupe_order.iter().take(evicted) {
             batch.delete(Table::Inboxes, id_key(DEDUPE_PREFIX, old));
         }
-        self.write(batch, store)?;
-        self.inbox_seq += 1;
-        if evicted.is_some()
-            && let Some(old) = self.dedupe_order.pop_front()
-        {
-            self.dedupe.remove(&old);
+        let written = if stored.is_empty() {
+            Ok(())
+        } else {
+            self.write(batch, store)
+        };
+        if written.is_ok() {
+            for old in self.dedupe_order.drain(..evicted) {
+                self.dedupe.remove(&old);
+            }
+            self.inbox_seq += stored.len() as u64;
+            self.counters.delivery_batches += 1;
+            for (to, entry, seq) in stored {
+                self.dedupe.insert(entry.id.clone(), seq);
+                self.dedupe_order.push_back(entry.id.clone());
+                self.inboxes.entry(to.clone()).or_default().push_back(seq);
+                *self
+                    .inbox_shares
+                    .entry((to.clone(), entry.from.node.clone()))
+                    .or_default() += 1;
+                self.counters.messages_delivered += 1;
+                self.push(PeersOutput::Event(PodEvent::Notification {
+                    pod: to,
+                    entry,
+                }));
+            }
+        } else {
+            self.counters.delivery_batches_failed += 1;
         }
-        self.dedupe.insert(id.clone());
-        self.dedupe_order.push_back(id);
-        self.inboxes.entry(to.clone()).or_default().push_back(seq);
-        *self.inbox_shares.entry(share).or_default() += 1;
-        self.counters.messages_delivered += 1;
-        self.push(PeersOutput::Event(PodEvent::Notification {
-            pod: to.clone(),
-            entry,
-        }));
-        Ok(())
+        for Staged { waiter, id, .. } in staged {
+            let result = match (&written, refused.get(&id)) {
+                (_, Some(error)) => Err(error.clone()),
+                (Err(error), None) => Err(error.clone()),
+                (Ok(()), None) => Ok(()),
+            };
+            self.answer_waiter(waiter, id, result);
+        }
+    }
+
+    /// Deliveries staged for the next commit.
+    pub fn staged_deliveries(&self) -> usize {
+        self.staged.len()
+    }
+
+    fn answer_waiter(&mut self, waiter: Waiter, id: RequestId, result: Result<(), PeerError>) {
+        match waiter {
+            Waiter::Local(token) => self.push(PeersOutput::Reply {
+                token,
+                result: result.map(|()| LocalReply::Delivered { id }),
+            }),
+            Waiter::Peer(ticket) => {
+                let response = match result {
+                    Ok(()) => PeerResponse::Delivered,
+                    Err(error) => PeerResponse::Rejected(error),
+                };
+                self.push(PeersOutput::Answer {
+                    ticket,
+                    bytes: codec::encode_peer(&response),
+                });
+            }
+        }
     }
 
     /// Forgets local inbox `pod` after its messages were deleted from the store.

@@ -341,7 +341,6 @@ impl Peers {
         from: &NodeName,
         request: PeerRequest,
         now: Time,
-        wall_ms: u64,
         store: &mut impl Store,
     ) -> PeerResponse {
         match request {
@@ -417,25 +416,11 @@ impl Peers {
                 };
                 PeerResponse::Outcome { committed }
             }
-            PeerRequest::Deliver {
-                id,
-                from: pod,
-                to,
-                body,
-            } => {
-                let sender = PodAddr::new(pod, from.clone());
-                if id.node != *from {
-                    self.counters.identity_mismatches += 1;
-                    return PeerResponse::Rejected(PeerError::new(
-                        ErrorCode::InvalidRequest,
-                        "message id from another node",
-                    ));
-                }
-                match self.store_message(&sender, &to, id, body, wall_ms, store) {
-                    Ok(()) => PeerResponse::Delivered,
-                    Err(error) => PeerResponse::Rejected(error),
-                }
-            }
+            // Staged for a group commit by `Peers::receive`, before this dispatch.
+            PeerRequest::Deliver { .. } => PeerResponse::Rejected(PeerError::new(
+                ErrorCode::Internal,
+                "a delivery is not a handshake request",
+            )),
         }
     }
 

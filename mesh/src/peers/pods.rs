@@ -1,11 +1,11 @@
 //! The Pod records this node hosts (DESIGN section 5): creating and removing a Pod, setting its
-//! status, and reading or draining its inbox. Each change is written in one store transaction
+//! status, and reading, draining or acknowledging its inbox. Each change is written in one store transaction
 //! before the records in memory follow; changed records, or a removal, are then published as
 //! replicated state.
 
 use super::{
-    ErrorCode, InboxEntry, LocalReply, PeerError, Peers, PeersOutput, PodEvent, message_key,
-    not_found_pod,
+    ErrorCode, InboxEntry, LocalReply, PeerError, Peers, PeersOutput, PodEvent, RequestId,
+    message_key, not_found_pod,
 };
 use crate::codec;
 use crate::pod::{PodName, PodRecord, PodStatus};
@@ -150,6 +150,35 @@ impl Peers {
         Some(Ok(LocalReply::Pod(record)))
     }
 
+    /// The messages in local Pod `pod`'s inbox, oldest first (none for an unknown Pod).
+    pub fn inbox_messages(
+        &self,
+        pod: &PodName,
+        store: &impl Store,
+    ) -> Result<Vec<InboxEntry>, PeerError> {
+        let internal =
+            |e: &dyn std::fmt::Display| PeerError::new(ErrorCode::Internal, e.to_string());
+        let seqs = self
+            .inboxes
+            .get(pod)
+            .map(|q| q.iter())
+            .into_iter()
+            .flatten();
+        let mut entries = Vec::new();
+        for seq in seqs {
+            match store.read(Table::Inboxes, &message_key(pod, *seq)) {
+                Ok(Some(bytes)) => {
+                    entries.push(
+                        codec::decode_record::<InboxEntry>(&bytes).map_err(|e| internal(&e))?,
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => return Err(internal(&e)),
+            }
+        }
+        Ok(entries)
+    }
+
     pub(super) fn inbox(
         &mut self,
         pod: &PodName,
@@ -160,17 +189,10 @@ impl Peers {
             return Some(Err(not_found_pod(pod)));
         }
         let seqs = self.inboxes.get(pod).cloned().unwrap_or_default();
-        let mut entries = Vec::with_capacity(seqs.len());
-        for seq in &seqs {
-            match store.read(Table::Inboxes, &message_key(pod, *seq)) {
-                Ok(Some(bytes)) => match codec::decode_record::<InboxEntry>(&bytes) {
-                    Ok(entry) => entries.push(entry),
-                    Err(e) => return Some(Err(PeerError::new(ErrorCode::Internal, e.to_string()))),
-                },
-                Ok(None) => {}
-                Err(e) => return Some(Err(PeerError::new(ErrorCode::Internal, e.to_string()))),
-            }
-        }
+        let entries = match self.inbox_messages(pod, store) {
+            Ok(entries) => entries,
+            Err(e) => return Some(Err(e)),
+        };
         if drain && !seqs.is_empty() {
             let mut batch = WriteBatch::new();
             for seq in &seqs {
@@ -182,5 +204,81 @@ impl Peers {
             self.forget_inbox(pod);
         }
         Some(Ok(LocalReply::Inbox(entries)))
+    }
+
+    /// Removes `pod`'s messages up to and including `up_to`, in inbox order. Acknowledging a
+    /// message removed before changes nothing; an id that was never in this inbox is an error.
+    pub(super) fn inbox_ack(
+        &mut self,
+        pod: &PodName,
+        up_to: &RequestId,
+        store: &mut impl Store,
+    ) -> Option<Result<LocalReply, PeerError>> {
+        if !self.pods.contains_key(pod) {
+            return Some(Err(not_found_pod(pod)));
+        }
+        let internal =
+            |e: &dyn std::fmt::Display| PeerError::new(ErrorCode::Internal, e.to_string());
+        let queue = self.inboxes.get(pod).cloned().unwrap_or_default();
+        // Read every message through `up_to`: the id may have left the dedupe window, and each
+        // one's sender is needed for the shares.
+        let mut through = Vec::new();
+        let mut found = false;
+        for seq in &queue {
+            if self.dedupe.get(up_to).is_some_and(|s| s < seq) {
+                break;
+            }
+            let entry = match store.read(Table::Inboxes, &message_key(pod, *seq)) {
+                Ok(Some(bytes)) => codec::decode_record::<InboxEntry>(&bytes).ok(),
+                Ok(None) => None,
+                Err(e) => return Some(Err(internal(&e))),
+            };
+            found = entry.as_ref().is_some_and(|e| e.id == *up_to);
+            through.push((*seq, entry.map(|e| e.from.node)));
+            if found {
+                break;
+            }
+        }
+        if !found {
+            // Removed before, by an ack or a drain, if this inbox once held it.
+            let held_elsewhere = self.dedupe.get(up_to).is_some_and(|seq| {
+                self.inboxes
+                    .iter()
+                    .any(|(p, q)| p != pod && q.contains(seq))
+            });
+            let removed_here = self
+                .dedupe
+                .get(up_to)
+                .is_some_and(|seq| queue.front().is_none_or(|front| seq < front));
+            if removed_here && !held_elsewhere {
+                return Some(Ok(LocalReply::Acked { removed: 0 }));
+            }
+            return Some(Err(PeerError::new(
+                ErrorCode::NotFound,
+                format!("no message {up_to} in the inbox of {pod}"),
+            )));
+        }
+        let mut batch = WriteBatch::new();
+        for (seq, _) in &through {
+            batch.delete(Table::Inboxes, message_key(pod, *seq));
+        }
+        if let Err(e) = self.write(batch, store) {
+            return Some(Err(e));
+        }
+        if let Some(queue) = self.inboxes.get_mut(pod) {
+            queue.drain(..through.len());
+        }
+        for node in through.iter().filter_map(|(_, node)| node.clone()) {
+            let share = (pod.clone(), node);
+            if let Some(held) = self.inbox_shares.get_mut(&share) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    self.inbox_shares.remove(&share);
+                }
+            }
+        }
+        Some(Ok(LocalReply::Acked {
+            removed: through.len(),
+        }))
     }
 }

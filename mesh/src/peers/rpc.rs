@@ -105,6 +105,34 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// Parses the form [`RequestId`] displays, `node-incarnation-seq`; node names may hold `-`, so
+/// the two numbers are taken from the right.
+impl std::str::FromStr for RequestId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let invalid = || format!("{s:?} is not a message id (node-incarnation-seq)");
+        let mut parts = s.rsplitn(3, '-');
+        let seq = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(invalid)?;
+        let incarnation = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(invalid)?;
+        let node = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(invalid)?;
+        Ok(RequestId {
+            node,
+            incarnation,
+            seq,
+        })
+    }
+}
+
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")

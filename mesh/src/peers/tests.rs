@@ -1,6 +1,7 @@
 //! The peer handshake and delivery, driven deterministically between in-memory nodes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::*;
 use crate::MemStore;
@@ -20,6 +21,28 @@ fn addr(s: &str) -> PodAddr {
     s.parse().unwrap()
 }
 
+/// Feeds a peer request under `ticket` and commits at once when it is a staged delivery, as a
+/// driver with nothing else waiting does. The answer if it came now; a committed delivery's
+/// answer is among the outputs, as `PeersOutput::Answer`.
+fn request_now(
+    peers: &mut Peers,
+    store: &mut MemStore,
+    ticket: u64,
+    from: &str,
+    bytes: &[u8],
+    now: Time,
+    wall_ms: u64,
+) -> Option<Vec<u8>> {
+    match peers.handle_request(ticket, &node(from), bytes, now, wall_ms, store) {
+        Answer::Now(answer) => Some(answer),
+        Answer::Later => {
+            peers.commit_deliveries(store);
+            None
+        }
+        Answer::Refused => None,
+    }
+}
+
 /// A few nodes, each a `Peers` over its own `MemStore`, with RPCs carried by hand so tests can
 /// lose, delay or crash at any step.
 struct Net {
@@ -28,6 +51,8 @@ struct Net {
     /// Requests sent and not yet carried: (rpc, from, to, bytes).
     requests: Vec<(u64, String, String, Vec<u8>)>,
     replies: BTreeMap<(String, u64), Result<LocalReply, PeerError>>,
+    /// Answers to staged deliveries, by (answering node, ticket).
+    answers: BTreeMap<(String, u64), Vec<u8>>,
     events: Vec<(String, PodEvent)>,
     next_token: u64,
 }
@@ -39,6 +64,7 @@ impl Net {
             now: Time::ZERO,
             requests: Vec::new(),
             replies: BTreeMap::new(),
+            answers: BTreeMap::new(),
             events: Vec::new(),
             next_token: 0,
         };
@@ -58,6 +84,7 @@ impl Net {
         let now = self.now;
         let (peers, store) = self.nodes.get_mut(at).unwrap();
         peers.handle_local(token, op, now, 1_000, store);
+        peers.commit_deliveries(store);
         self.collect(at);
         token
     }
@@ -75,6 +102,9 @@ impl Net {
                 }
                 PeersOutput::Event(event) => self.events.push((at.to_owned(), event)),
                 PeersOutput::Publish { .. } => {}
+                PeersOutput::Answer { ticket, bytes } => {
+                    self.answers.insert((at.to_owned(), ticket), bytes);
+                }
             }
         }
     }
@@ -103,9 +133,10 @@ impl Net {
         let now = self.now;
         let answer = {
             let (peers, store) = self.nodes.get_mut(&to).unwrap();
-            peers.handle_request(&node(&from), &bytes, now, 2_000, store)
+            request_now(peers, store, rpc, &from, &bytes, now, 2_000)
         };
         self.collect(&to);
+        let answer = answer.or_else(|| self.answers.remove(&(to.clone(), rpc)));
         if !lose_answer {
             let (peers, store) = self.nodes.get_mut(&from).unwrap();
             peers.handle_response(rpc, answer.as_deref(), now, store);
@@ -525,9 +556,7 @@ fn a_prepare_that_claims_another_node_is_rejected() {
     };
     let now = net.now;
     let (peers, store) = net.nodes.get_mut(N2).unwrap();
-    let answer = peers
-        .handle_request(&node("n3"), &codec::encode_peer(&forged), now, 0, store)
-        .unwrap();
+    let answer = request_now(peers, store, 0, "n3", &codec::encode_peer(&forged), now, 0).unwrap();
     let answer: PeerResponse = codec::decode_peer(&answer, RESPONSE_SIZE_MAX).unwrap();
     assert!(matches!(
         answer,
@@ -646,9 +675,7 @@ fn only_peers_may_deliver() {
     };
     let now = net.now;
     let (peers, store) = net.nodes.get_mut(N2).unwrap();
-    let answer = peers
-        .handle_request(&node("n3"), &codec::encode_peer(&deliver), now, 0, store)
-        .unwrap();
+    let answer = request_now(peers, store, 0, "n3", &codec::encode_peer(&deliver), now, 0).unwrap();
     let answer: PeerResponse = codec::decode_peer(&answer, RESPONSE_SIZE_MAX).unwrap();
     assert!(matches!(
         answer,
@@ -665,10 +692,11 @@ fn only_peers_may_deliver() {
 fn to_n2(net: &mut Net, from: &str, request: &PeerRequest) -> PeerResponse {
     let now = net.now;
     let (peers, store) = net.nodes.get_mut(N2).unwrap();
-    let answer = peers
-        .handle_request(&node(from), &codec::encode_peer(request), now, 0, store)
-        .unwrap();
+    let answer = request_now(peers, store, 0, from, &codec::encode_peer(request), now, 0);
     net.collect(N2);
+    let answer = answer
+        .or_else(|| net.answers.remove(&(N2.to_owned(), 0)))
+        .unwrap();
     codec::decode_peer(&answer, RESPONSE_SIZE_MAX).unwrap()
 }
 
@@ -999,11 +1027,7 @@ fn garbage_requests_and_answers_are_counted_and_dropped() {
         b"\x02\x00",
         &[1u8; 300],
     ] {
-        assert!(
-            peers
-                .handle_request(&node(N1), bytes, now, 0, store)
-                .is_none()
-        );
+        assert!(peers.handle_request(0, &node(N1), bytes, now, 0, store) == Answer::Refused);
         peers.handle_response(99, Some(bytes), now, store);
     }
     assert_eq!(peers.counters().bad_requests, 5);
@@ -1218,4 +1242,208 @@ fn a_coordinator_known_to_membership_is_asked_forever() {
     }
     assert_eq!(net.logged(N2), 1);
     assert_eq!(net.peers_of(N2, "b"), ["x@n3"]);
+}
+
+/// Feeds every request in flight to its node without committing, as deliveries that arrive
+/// during a commit are; then commits each node's batch and carries the answers back.
+fn carry_as_one_batch(net: &mut Net) {
+    let requests = std::mem::take(&mut net.requests);
+    let now = net.now;
+    let mut later = Vec::new();
+    for (rpc, from, to, bytes) in requests {
+        let (peers, store) = net.nodes.get_mut(&to).unwrap();
+        match peers.handle_request(rpc, &node(&from), &bytes, now, 2_000, store) {
+            Answer::Later => later.push((rpc, from, to)),
+            other => panic!("a delivery to a peer is staged, got {other:?}"),
+        }
+    }
+    for (rpc, from, to) in later {
+        let (peers, store) = net.nodes.get_mut(&to).unwrap();
+        peers.commit_deliveries(store);
+        net.collect(&to);
+        let answer = net.answers.remove(&(to.clone(), rpc));
+        let (peers, store) = net.nodes.get_mut(&from).unwrap();
+        peers.handle_response(rpc, answer.as_deref(), now, store);
+        net.collect(&from);
+    }
+}
+
+fn delivered(net: &Net, token: u64) -> bool {
+    matches!(net.reply(N1, token), Ok(LocalReply::Delivered { .. }))
+}
+
+#[test]
+fn deliveries_staged_together_are_stored_in_one_write_and_acknowledged_after_it() {
+    let mut net = peered();
+    let tokens: Vec<u64> = (0..5).map(|i| send(&mut net, &format!("m{i}"))).collect();
+    let writes = net.nodes[N2].1.writes();
+    let now = net.now;
+    let requests = std::mem::take(&mut net.requests);
+    for (rpc, from, to, bytes) in &requests {
+        let (peers, store) = net.nodes.get_mut(to).unwrap();
+        let answer = peers.handle_request(*rpc, &node(from), bytes, now, 2_000, store);
+        assert_eq!(answer, Answer::Later);
+    }
+    net.collect(N2);
+    assert!(
+        net.answers.is_empty(),
+        "nothing is acknowledged before the commit"
+    );
+    assert_eq!(net.nodes[N2].0.inbox_len(&pod("b")), 0);
+    net.requests = requests;
+    carry_as_one_batch(&mut net);
+    assert_eq!(
+        net.nodes[N2].1.writes(),
+        writes + 1,
+        "one transaction for the five"
+    );
+    assert!(tokens.iter().all(|t| delivered(&net, *t)));
+    let bodies: Vec<String> = inbox(&mut net, N2, "b")
+        .into_iter()
+        .map(|e| e.body)
+        .collect();
+    assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(net.nodes[N2].0.counters().delivery_batches, 1);
+}
+
+#[test]
+fn a_failed_batch_acknowledges_none_of_its_messages_and_stores_none() {
+    let mut net = peered();
+    let tokens: Vec<u64> = (0..3).map(|i| send(&mut net, &format!("m{i}"))).collect();
+    net.store_mut(N2).fail_next_writes(1);
+    carry_as_one_batch(&mut net);
+    for token in &tokens {
+        assert!(
+            matches!(
+                net.reply(N1, *token),
+                Err(PeerError {
+                    code: ErrorCode::Internal,
+                    ..
+                })
+            ),
+            "{:?}",
+            net.reply(N1, *token)
+        );
+    }
+    assert!(inbox(&mut net, N2, "b").is_empty());
+    assert_eq!(net.nodes[N2].0.counters().delivery_batches_failed, 1);
+    // Nothing half-applied in memory: the same messages can be stored afterwards.
+    let token = send(&mut net, "again");
+    net.settle();
+    assert!(delivered(&net, token));
+    assert_eq!(inbox(&mut net, N2, "b").len(), 1);
+}
+
+#[test]
+fn a_retry_of_a_staged_message_waits_for_the_same_commit_and_is_stored_once() {
+    let mut net = peered();
+    let token = send(&mut net, "once");
+    let (rpc, from, to, bytes) = net.requests[0].clone();
+    // The first attempt's answer is slow; the retry (same id) arrives before the commit.
+    net.requests.push((rpc + 1000, from, to, bytes));
+    carry_as_one_batch(&mut net);
+    assert!(delivered(&net, token));
+    assert_eq!(inbox(&mut net, N2, "b").len(), 1);
+    assert_eq!(net.nodes[N2].0.counters().duplicates, 1);
+}
+
+#[test]
+fn a_full_batch_is_committed_without_waiting_for_the_driver() {
+    let mut net = peered();
+    let max = PeersConfig::default().delivery_batch_max;
+    for i in 0..max {
+        send(&mut net, &format!("m{i}"));
+    }
+    let now = net.now;
+    let requests = std::mem::take(&mut net.requests);
+    for (rpc, from, to, bytes) in &requests {
+        let (peers, store) = net.nodes.get_mut(to).unwrap();
+        peers.handle_request(*rpc, &node(from), bytes, now, 2_000, store);
+    }
+    assert_eq!(net.nodes[N2].0.staged_deliveries(), 0);
+    assert_eq!(net.nodes[N2].0.inbox_len(&pod("b")), max);
+}
+
+fn ack(net: &mut Net, up_to: &RequestId) -> Result<LocalReply, PeerError> {
+    let token = net.op(
+        N2,
+        LocalOp::InboxAck {
+            pod: pod("b"),
+            up_to: up_to.clone(),
+        },
+    );
+    net.reply(N2, token)
+}
+
+#[test]
+fn an_ack_removes_the_messages_through_its_id_and_a_restart_keeps_that() {
+    let mut net = peered();
+    for body in ["one", "two", "three"] {
+        send(&mut net, body);
+        net.settle();
+    }
+    let ids: Vec<RequestId> = inbox(&mut net, N2, "b").into_iter().map(|e| e.id).collect();
+    assert_eq!(ack(&mut net, &ids[1]), Ok(LocalReply::Acked { removed: 2 }));
+    let left = |net: &mut Net| -> Vec<String> {
+        inbox(net, N2, "b").into_iter().map(|e| e.body).collect()
+    };
+    assert_eq!(left(&mut net), ["three"]);
+    // Idempotent: acknowledging again removes nothing and is no error.
+    assert_eq!(ack(&mut net, &ids[0]), Ok(LocalReply::Acked { removed: 0 }));
+    assert_eq!(ack(&mut net, &ids[1]), Ok(LocalReply::Acked { removed: 0 }));
+    let unknown = hand_id("n1", 999_999);
+    assert!(matches!(
+        ack(&mut net, &unknown),
+        Err(PeerError {
+            code: ErrorCode::NotFound,
+            ..
+        })
+    ));
+    net.restart(N2);
+    assert_eq!(left(&mut net), ["three"]);
+    // The share freed by the ack stays freed after the restart.
+    assert_eq!(net.nodes[N2].0.inbox_shares.values().sum::<usize>(), 1);
+    assert_eq!(ack(&mut net, &ids[2]), Ok(LocalReply::Acked { removed: 1 }));
+    assert!(left(&mut net).is_empty());
+    assert!(net.nodes[N2].0.inbox_shares.is_empty());
+}
+
+#[test]
+fn message_ids_reserved_a_block_at_a_time_stay_unique_across_restarts() {
+    let mut net = peered();
+    let writes = net.nodes[N1].1.writes();
+    let mut ids = BTreeSet::new();
+    for i in 0..10 {
+        send(&mut net, &format!("m{i}"));
+        net.settle();
+    }
+    assert_eq!(
+        net.nodes[N1].1.writes(),
+        writes,
+        "the first handshake reserved the block"
+    );
+    for e in inbox(&mut net, N2, "b") {
+        ids.insert(e.id);
+    }
+    net.restart(N1);
+    for i in 0..10 {
+        send(&mut net, &format!("after{i}"));
+        net.settle();
+    }
+    for e in inbox(&mut net, N2, "b") {
+        ids.insert(e.id);
+    }
+    assert_eq!(ids.len(), 20, "no id used twice");
+}
+
+#[test]
+fn message_ids_parse_back_from_their_display_form() {
+    let id = RequestId {
+        node: node("node-with-dashes"),
+        incarnation: 7,
+        seq: 42,
+    };
+    assert_eq!(id.to_string().parse::<RequestId>(), Ok(id));
+    assert!("n1-7".parse::<RequestId>().is_err());
+    assert!("n1-x-3".parse::<RequestId>().is_err());
 }

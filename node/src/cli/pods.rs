@@ -85,8 +85,12 @@ pub(crate) struct InboxArgs {
     /// The local Pod.
     pod: String,
     /// Remove the messages shown, making room in the inbox.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ack")]
     drain: bool,
+    /// Acknowledge the messages shown once they are printed (`inbox_ack` up to the last one):
+    /// they leave the inbox; any that arrived meanwhile stay.
+    #[arg(long)]
+    ack: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -214,7 +218,7 @@ pub(crate) fn inbox(args: InboxArgs) -> anyhow::Result<ExitCode> {
     let data = args
         .target
         .call("inbox", json!({ "pod": args.pod, "drain": args.drain }))?;
-    print(&args.target, &data, |data| {
+    let code = print(&args.target, &data, |data| {
         for m in data["messages"].as_array().into_iter().flatten() {
             println!(
                 "[Peer message from `{}`] {}",
@@ -222,5 +226,18 @@ pub(crate) fn inbox(args: InboxArgs) -> anyhow::Result<ExitCode> {
                 m["message"].as_str().unwrap_or("")
             );
         }
-    })
+    })?;
+    let last = data["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["id"].as_str());
+    if let (true, Some(up_to)) = (args.ack, last) {
+        let acked = args
+            .target
+            .call("inbox_ack", json!({ "pod": args.pod, "up_to": up_to }))?;
+        if !args.target.json {
+            eprintln!("acknowledged {} messages", acked["removed"]);
+        }
+    }
+    Ok(code)
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use podmesh_mesh::{
-    LocalOp, LocalReply, Member, MemberState, NodeName, POD_STATE_PREFIX, PodAddr, PodName,
-    PodRecord, PodStatus, Store as _, Time,
+    InboxEntry, LocalOp, LocalReply, Member, MemberState, NodeName, POD_STATE_PREFIX, PodAddr,
+    PodName, PodRecord, PodStatus, RequestId, Store as _, Time,
 };
 use serde_json::{Value, json};
 
@@ -166,6 +166,13 @@ impl Actor {
                     .unwrap_or(false);
                 Ok(Answer::Local(LocalOp::Inbox { pod, drain }))
             }
+            "inbox_ack" => {
+                let pod = pod_param(params, "pod")?;
+                let up_to = str_param(params, "up_to")?
+                    .parse::<RequestId>()
+                    .map_err(invalid)?;
+                Ok(Answer::Local(LocalOp::InboxAck { pod, up_to }))
+            }
             "attach" => {
                 let pod = pod_param(params, "pod")?;
                 let record = self.local_pod(&pod)?.clone();
@@ -177,10 +184,18 @@ impl Actor {
                     reply_tx.send(alert);
                 }
                 let me = PodAddr::new(pod.clone(), self.node.mesh().name().clone());
+                // Every message not yet acknowledged: what a program that stopped before
+                // acking gets again.
+                let inbox = self
+                    .node
+                    .peers()
+                    .inbox_messages(&pod, self.node.store())
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.message))?;
                 let snapshot = json!({
                     "pod": directory::record_json(self.node.mesh().name(), &record),
                     "pods": directory::visible(&me, &record, &self.directory()),
                     "members": self.members_json(),
+                    "inbox": inbox.iter().map(message_json).collect::<Vec<_>>(),
                 });
                 self.attached.entry(pod).or_default().push(reply_tx.clone());
                 Ok(Answer::Now("snapshot", snapshot))
@@ -307,19 +322,10 @@ impl Actor {
                 Reply::ok(id, "delivered", json!({ "id": message.to_string() }))
             }
             LocalReply::Inbox(entries) => {
-                let messages: Vec<Value> = entries
-                    .iter()
-                    .map(|e| {
-                        json!({
-                            "from": e.from.to_string(),
-                            "message": e.body,
-                            "id": e.id.to_string(),
-                            "received_at": e.received_at_ms,
-                        })
-                    })
-                    .collect();
+                let messages: Vec<Value> = entries.iter().map(message_json).collect();
                 Reply::ok(id, "inbox", json!({ "messages": messages }))
             }
+            LocalReply::Acked { removed } => Reply::ok(id, "acked", json!({ "removed": removed })),
         }
     }
 
@@ -414,4 +420,14 @@ fn pod_param(params: &Value, key: &str) -> Result<PodName, ApiError> {
     str_param(params, key)?
         .parse()
         .map_err(|e: podmesh_mesh::InvalidPod| invalid(e.to_string()))
+}
+
+/// A stored message as the local API shows it, in `inbox`, snapshots and notifications.
+pub(super) fn message_json(entry: &InboxEntry) -> Value {
+    json!({
+        "from": entry.from.to_string(),
+        "message": entry.body,
+        "id": entry.id.to_string(),
+        "received_at": entry.received_at_ms,
+    })
 }

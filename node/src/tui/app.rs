@@ -34,6 +34,8 @@ pub enum UserCommand {
     Create(String),
     /// `:status idle|paused|running`.
     Status(String),
+    /// `:ack`: acknowledge the messages shown so far.
+    Ack,
     /// `:help`.
     Help,
     /// `:quit`.
@@ -72,6 +74,7 @@ pub fn parse_command(line: &str) -> Result<UserCommand, String> {
             "idle" | "paused" | "running" => Ok(UserCommand::Status(rest.to_owned())),
             _ => Err("usage: :status idle|paused|running".to_owned()),
         },
+        "ack" => Ok(UserCommand::Ack),
         "help" => Ok(UserCommand::Help),
         "quit" | "q" => Ok(UserCommand::Quit),
         other => Err(format!("unknown command :{other} (try :help)")),
@@ -140,6 +143,8 @@ pub struct App {
     history_at: Option<usize>,
     notice: Option<Notice>,
     show_help: bool,
+    /// The id of the last message shown, what `:ack` acknowledges up to.
+    shown_up_to: Option<String>,
 }
 
 const HELP: &[&str] = &[
@@ -149,6 +154,7 @@ const HELP: &[&str] = &[
     ":pod <name>          switch to another local Pod",
     ":create <name>       create a local Pod",
     ":status <s>          set the selected Pod idle, paused or running",
+    ":ack                 acknowledge the messages shown: they leave the inbox",
     ":help                show or hide this help",
     ":quit                leave",
 ];
@@ -171,6 +177,7 @@ impl App {
             history_at: None,
             notice: None,
             show_help: false,
+            shown_up_to: None,
         }
     }
 
@@ -217,6 +224,10 @@ impl App {
                 self.status = data["pod"]["status"].as_str().map(str::to_owned);
                 self.pods = data["pods"].as_array().cloned().unwrap_or_default();
                 self.members = data["members"].as_array().cloned().unwrap_or_default();
+                // Messages not acknowledged yet, shown again after every attach.
+                for message in data["inbox"].as_array().into_iter().flatten() {
+                    self.apply("notification", message, now);
+                }
             }
             "pods" => self.pods = data["pods"].as_array().cloned().unwrap_or_default(),
             "members" => self.members = data["members"].as_array().cloned().unwrap_or_default(),
@@ -229,6 +240,9 @@ impl App {
                 self.apply(inner, &data["data"], now);
             }
             "notification" => {
+                if let Some(id) = data["id"].as_str() {
+                    self.shown_up_to = Some(id.to_owned());
+                }
                 self.push_event(format!(
                     "[Peer message from `{}`] {}",
                     data["from"].as_str().unwrap_or("?"),
@@ -280,6 +294,7 @@ impl App {
                 }
             }
             "delivered" => self.notice("Message delivered", now),
+            "acked" => self.notice(format!("Acknowledged {} messages", data["removed"]), now),
             "error" => self.error(data["message"].as_str().unwrap_or("error").to_owned(), now),
             _ => {}
         }
@@ -419,6 +434,16 @@ impl App {
                 params: json!({ "name": pod, "status": status }),
             }),
             UserCommand::Switch(name) => Action::Switch(name),
+            UserCommand::Ack => match &self.shown_up_to {
+                Some(up_to) => Action::Send(Outgoing {
+                    method: "inbox_ack",
+                    params: json!({ "pod": pod, "up_to": up_to }),
+                }),
+                None => {
+                    self.error("no message shown to acknowledge", now);
+                    Action::None
+                }
+            },
         }
     }
 
@@ -627,6 +652,41 @@ mod tests {
     }
 
     #[test]
+    fn ack_acknowledges_up_to_the_last_message_shown_and_only_when_asked() {
+        // Unacknowledged messages come with the snapshot and are shown like notifications;
+        // nothing is acknowledged until `:ack`, which names the last message shown.
+        let now = Instant::now();
+        let mut app = connected();
+        app.input = ":ack".into();
+        assert_eq!(app.submit(now), Action::None, "nothing shown yet");
+        let message = |id: &str, text: &str| json!({ "from": "b@n2", "message": text, "id": id, "received_at": 1 });
+        app.apply(
+            "snapshot",
+            &json!({
+                "pod": { "address": "a@n1", "name": "a", "status": "idle" },
+                "pods": [], "members": [],
+                "inbox": [message("n2-1-1", "early"), message("n2-1-2", "later")],
+            }),
+            now,
+        );
+        app.apply("notification", &message("n2-1-3", "live"), now);
+        let shown = screen(&app, now);
+        for text in ["early", "later", "live"] {
+            assert!(shown.contains(text), "{text} not shown:\n{shown}");
+        }
+        app.input = ":ack".into();
+        assert_eq!(
+            app.submit(now),
+            Action::Send(Outgoing {
+                method: "inbox_ack",
+                params: json!({ "pod": "a", "up_to": "n2-1-3" }),
+            })
+        );
+        app.apply("acked", &json!({ "removed": 3 }), now);
+        assert!(screen(&app, now).contains("Acknowledged 3 messages"));
+    }
+
+    #[test]
     fn commands_parse_with_their_arguments_and_usage_errors() {
         // Every documented command, and a clear usage line when arguments are missing.
         assert_eq!(
@@ -651,6 +711,7 @@ mod tests {
             Ok(UserCommand::Status("paused".into()))
         );
         assert_eq!(parse_command(":help"), Ok(UserCommand::Help));
+        assert_eq!(parse_command(":ack"), Ok(UserCommand::Ack));
         assert_eq!(parse_command(":quit"), Ok(UserCommand::Quit));
         assert_eq!(parse_command(":peer").unwrap_err(), "usage: :peer <pod>");
         assert_eq!(

@@ -82,6 +82,8 @@ impl Sim {
                 self.figures.write_failures += r.store().failures;
                 let c = r.peers().counters();
                 self.figures.duplicates_answered += c.duplicates;
+                self.figures.delivery_batches += c.delivery_batches;
+                self.figures.delivery_batches_failed += c.delivery_batches_failed;
             }
         }
         let n = self.scenario.nodes;

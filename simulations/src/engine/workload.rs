@@ -39,21 +39,14 @@ impl Sim {
             let Some((from, to)) = self.checker.random_relation_of(&me, &mut self.rng) else {
                 return;
             };
-            let wipes = self.nodes[self.by_name[&to.node]].wipes;
-            self.pending.insert(
-                (node, token),
-                PendingOp::Send {
-                    to: to.clone(),
-                    wipes,
-                },
-            );
-            LocalOp::Send {
-                pod: from.pod,
-                target: to,
-                body: format!("message {token}"),
-                // Decided by the node from membership and the gossiped record.
-                live: false,
+            // A burst: the messages before the last go out at once, in order.
+            for _ in 1..w.send_burst.max(1) {
+                let extra = self.token();
+                let op = self.send_op(node, extra, &from, &to);
+                let r = self.nodes[node].running.as_mut().expect("checked above");
+                r.handle_local(extra, op, now);
             }
+            self.send_op(node, token, &from, &to)
         } else if self.rng.random_bool(w.unpeer_fraction) {
             let Some((from, to)) = self.checker.random_relation_of(&me, &mut self.rng) else {
                 return;
@@ -96,6 +89,26 @@ impl Sim {
         let r = self.nodes[node].running.as_mut().expect("checked above");
         r.handle_local(token, op, now);
         self.pump(node);
+    }
+
+    /// A message from `from` to its peer `to`, sent from `node` under `token`, recorded as
+    /// pending.
+    fn send_op(&mut self, node: usize, token: u64, from: &PodAddr, to: &PodAddr) -> LocalOp {
+        let wipes = self.nodes[self.by_name[&to.node]].wipes;
+        self.pending.insert(
+            (node, token),
+            PendingOp::Send {
+                to: to.clone(),
+                wipes,
+            },
+        );
+        LocalOp::Send {
+            pod: from.pod.clone(),
+            target: to.clone(),
+            body: format!("message {token}"),
+            // Decided by the node from membership and the gossiped record.
+            live: false,
+        }
     }
 
     pub(super) fn reply(&mut self, node: usize, token: u64, result: Result<LocalReply, PeerError>) {

@@ -412,7 +412,7 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
                 let start = Instant::now();
                 client.call("send_to_peer", message.clone()).await?;
                 t.push(ms(start.elapsed()));
-                if i % 500 == 499 {
+                if i % 200 == 199 {
                     drain
                         .call("inbox", json!({ "pod": "b", "drain": true }))
                         .await?;
@@ -548,8 +548,10 @@ async fn raw_throughput(conn: &quinn::Connection, total: usize) -> anyhow::Resul
 
 async fn pod_throughput(n1: &Path, n2: &Path, total: usize) -> anyhow::Result<f64> {
     let per = total / SENDERS;
-    // Inboxes hold 1,024 messages: keep the batch under that and drain between batches.
-    let batch = (1000 / SENDERS).min(per).max(1);
+    // One node's messages take at most its share of an inbox: keep the batch within it and
+    // drain between batches.
+    let share = podmesh_mesh::PeersConfig::default().inbox_share_per_node_max;
+    let batch = (share / SENDERS).min(per).max(1);
     let mut drain = Client::connect(n2).await?;
     let mut clients = Vec::new();
     for _ in 0..SENDERS {
