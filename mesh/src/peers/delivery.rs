@@ -16,7 +16,7 @@ use crate::NodeName;
 use crate::Time;
 use crate::codec;
 use crate::pod::{PodAddr, PodName};
-use crate::store::{Store, Table, WriteBatch};
+use crate::store::{Store, StoreError, Table, WriteBatch};
 
 /// Who is told the outcome of a staged delivery.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +25,18 @@ pub(super) enum Waiter {
     Peer(u64),
     /// A local send to a Pod of this node, by its token.
     Local(u64),
+}
+
+/// A group commit whose write is in flight: what to apply once it is written.
+#[derive(Debug)]
+pub(super) struct Commit {
+    staged: Vec<Staged>,
+    /// The messages in the write, with their inbox sequence numbers.
+    stored: Vec<(PodName, InboxEntry, u64)>,
+    /// Messages refused at the start of the commit (their relation went meanwhile).
+    refused: BTreeMap<RequestId, PeerError>,
+    /// Dedupe ids the write forgets, oldest first.
+    evicted: usize,
 }
 
 /// A delivery waiting for the next group commit.
@@ -84,15 +96,7 @@ impl Peers {
         let from = PodAddr::new(pod.clone(), self.me.clone());
         if target.node == self.me {
             let waiter = Waiter::Local(token);
-            return match self.stage_message(
-                waiter,
-                &from,
-                &target.pod,
-                id.clone(),
-                body,
-                wall_ms,
-                store,
-            ) {
+            return match self.stage_message(waiter, &from, &target.pod, id.clone(), body, wall_ms) {
                 Ok(true) => None,
                 Ok(false) => Some(Ok(LocalReply::Delivered { id })),
                 Err(error) => Some(Err(error)),
@@ -138,7 +142,6 @@ impl Peers {
         to: PodName,
         body: String,
         wall_ms: u64,
-        store: &mut impl Store,
     ) -> Option<PeerResponse> {
         if id.node != *from {
             self.counters.identity_mismatches += 1;
@@ -148,7 +151,7 @@ impl Peers {
             )));
         }
         let sender = PodAddr::new(pod, from.clone());
-        match self.stage_message(Waiter::Peer(ticket), &sender, &to, id, body, wall_ms, store) {
+        match self.stage_message(Waiter::Peer(ticket), &sender, &to, id, body, wall_ms) {
             Ok(true) => None,
             Ok(false) => Some(PeerResponse::Delivered),
             Err(error) => Some(PeerResponse::Rejected(error)),
@@ -171,14 +174,13 @@ impl Peers {
         id: RequestId,
         body: String,
         wall_ms: u64,
-        store: &mut impl Store,
     ) -> Result<bool, PeerError> {
         self.check_relation(from, to)?;
         if self.dedupe.contains_key(&id) {
             self.counters.duplicates += 1;
             return Ok(false);
         }
-        if self.staged.iter().any(|s| s.id == id) {
+        if self.pending().any(|s| s.id == id) {
             self.counters.duplicates += 1;
             self.staged.push(Staged {
                 waiter,
@@ -198,8 +200,7 @@ impl Peers {
             ));
         }
         let staged_for = |inbox: &PodName, node: Option<&NodeName>| {
-            self.staged
-                .iter()
+            self.pending()
                 .filter_map(|s| s.message.as_ref())
                 .filter(|(pod, entry)| pod == inbox && node.is_none_or(|n| *n == entry.from.node))
                 .count()
@@ -234,9 +235,6 @@ impl Peers {
             id,
             message: Some((to.clone(), entry)),
         });
-        if self.staged.len() >= self.config.delivery_batch_max {
-            self.commit_deliveries(store);
-        }
         Ok(true)
     }
 
@@ -254,14 +252,27 @@ impl Peers {
         Ok(())
     }
 
-    /// Stores every staged delivery in one store transaction (group commit), then answers each
-    /// waiter: `Delivered` only once its batch is committed; a failed batch acknowledges none
-    /// of its messages. A relation removed since staging refuses that message alone.
+    /// Stores the staged deliveries in one store transaction (group commit) and answers them;
+    /// [`Peers::begin_commit`] and [`Peers::finish_commit`] in one go, for drivers whose store
+    /// writes where they stand.
     pub fn commit_deliveries(&mut self, store: &mut impl Store) {
-        if self.staged.is_empty() {
-            return;
+        if let Some(batch) = self.begin_commit() {
+            let written = store.write(batch);
+            self.finish_commit(written);
         }
-        let staged = std::mem::take(&mut self.staged);
+    }
+
+    /// Takes up to `delivery_batch_max` staged deliveries, oldest first, into the next group
+    /// commit and returns its one write, for the driver to carry out and report with
+    /// [`Peers::finish_commit`]. `None` while a commit is in flight (one at a time: what is
+    /// staged meanwhile waits for the next) or when nothing is staged. A relation removed since
+    /// staging refuses that message alone.
+    pub fn begin_commit(&mut self) -> Option<WriteBatch> {
+        if self.committing.is_some() || self.staged.is_empty() {
+            return None;
+        }
+        let take = self.staged.len().min(self.config.delivery_batch_max.max(1));
+        let staged: Vec<Staged> = self.staged.drain(..take).collect();
         let mut refused: BTreeMap<RequestId, PeerError> = BTreeMap::new();
         let mut stored: Vec<(PodName, InboxEntry, u64)> = Vec::new();
         let mut batch = WriteBatch::new();
@@ -289,11 +300,36 @@ impl Peers {
         for old in self.dedupe_order.iter().take(evicted) {
             batch.delete(Table::Inboxes, id_key(DEDUPE_PREFIX, old));
         }
-        let written = if stored.is_empty() {
-            Ok(())
-        } else {
-            self.write(batch, store)
+        self.committing = Some(Commit {
+            staged,
+            stored,
+            refused,
+            evicted,
+        });
+        if batch.is_empty() {
+            self.finish_commit(Ok(()));
+            return None;
+        }
+        Some(batch)
+    }
+
+    /// Applies the outcome of the write [`Peers::begin_commit`] returned and answers each
+    /// waiter: `Delivered` only once its batch is committed; a failed batch acknowledges none of
+    /// its messages. A retry staged behind its first attempt is answered by that attempt's fate.
+    pub fn finish_commit(&mut self, written: Result<(), StoreError>) {
+        let Some(Commit {
+            staged,
+            stored,
+            refused,
+            evicted,
+        }) = self.committing.take()
+        else {
+            return;
         };
+        let written = written.map_err(|e| {
+            self.counters.store_write_failures += 1;
+            PeerError::new(ErrorCode::Internal, e.to_string())
+        });
         if written.is_ok() {
             for old in self.dedupe_order.drain(..evicted) {
                 self.dedupe.remove(&old);
@@ -317,14 +353,39 @@ impl Peers {
         } else {
             self.counters.delivery_batches_failed += 1;
         }
-        for Staged { waiter, id, .. } in staged {
-            let result = match (&written, refused.get(&id)) {
-                (_, Some(error)) => Err(error.clone()),
-                (Err(error), None) => Err(error.clone()),
-                (Ok(()), None) => Ok(()),
+        for Staged {
+            waiter,
+            id,
+            message,
+        } in staged
+        {
+            let result = if let Some(error) = refused.get(&id) {
+                Err(error.clone())
+            } else if self.dedupe.contains_key(&id) {
+                Ok(())
+            } else if let Err(error) = &written {
+                Err(error.clone())
+            } else {
+                // A retry whose first attempt was refused or failed in an earlier batch.
+                debug_assert!(message.is_none());
+                Err(PeerError::new(
+                    ErrorCode::Internal,
+                    "the message's first attempt was not stored",
+                ))
             };
             self.answer_waiter(waiter, id, result);
         }
+    }
+
+    /// Deliveries waiting for their batch to be written: staged, and in the commit in flight.
+    fn pending(&self) -> impl Iterator<Item = &Staged> {
+        let committing = self.committing.iter().flat_map(|c| c.staged.iter());
+        self.staged.iter().chain(committing)
+    }
+
+    /// Whether a group commit's write is in flight (between begin and finish).
+    pub fn commit_in_flight(&self) -> bool {
+        self.committing.is_some()
     }
 
     /// Deliveries staged for the next commit.

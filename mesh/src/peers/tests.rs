@@ -1348,20 +1348,69 @@ fn a_retry_of_a_staged_message_waits_for_the_same_commit_and_is_stored_once() {
 }
 
 #[test]
-fn a_full_batch_is_committed_without_waiting_for_the_driver() {
+fn a_batch_takes_at_most_its_bound_and_what_is_staged_meanwhile_waits_for_the_next() {
     let mut net = peered();
     let max = PeersConfig::default().delivery_batch_max;
-    for i in 0..max {
+    for i in 0..max + 3 {
         send(&mut net, &format!("m{i}"));
     }
     let now = net.now;
     let requests = std::mem::take(&mut net.requests);
-    for (rpc, from, to, bytes) in &requests {
-        let (peers, store) = net.nodes.get_mut(to).unwrap();
+    let (peers, store) = net.nodes.get_mut(N2).unwrap();
+    for (rpc, from, _, bytes) in &requests {
         peers.handle_request(*rpc, &node(from), bytes, now, 2_000, store);
     }
-    assert_eq!(net.nodes[N2].0.staged_deliveries(), 0);
-    assert_eq!(net.nodes[N2].0.inbox_len(&pod("b")), max);
+    let first = peers.begin_commit().expect("a batch to write");
+    assert_eq!(peers.staged_deliveries(), 3);
+    assert!(
+        peers.begin_commit().is_none(),
+        "one commit in flight at a time"
+    );
+    // A retry of a message in the batch in flight waits for that batch.
+    let (rpc, from, _, bytes) = &requests[0];
+    let retry = peers.handle_request(rpc + 10_000, &node(from), bytes, now, 2_000, store);
+    assert_eq!(retry, Answer::Later);
+    store.write(first).unwrap();
+    peers.finish_commit(Ok(()));
+    assert_eq!(peers.inbox_len(&pod("b")), max);
+    peers.commit_deliveries(store);
+    assert_eq!(peers.inbox_len(&pod("b")), max + 3);
+    net.collect(N2);
+    let delivered = |bytes: &Vec<u8>| {
+        matches!(
+            codec::decode_peer::<PeerResponse>(bytes, RESPONSE_SIZE_MAX),
+            Ok(PeerResponse::Delivered)
+        )
+    };
+    assert_eq!(net.answers.len(), max + 4);
+    assert!(net.answers.values().all(delivered));
+}
+
+#[test]
+fn a_retry_behind_a_failed_first_attempt_is_not_acknowledged() {
+    let mut net = peered();
+    send(&mut net, "lost");
+    let now = net.now;
+    let (rpc, from, _, bytes) = net.requests.remove(0);
+    let (peers, store) = net.nodes.get_mut(N2).unwrap();
+    peers.handle_request(rpc, &node(&from), &bytes, now, 2_000, store);
+    let batch = peers.begin_commit().unwrap();
+    drop(batch);
+    peers.handle_request(rpc + 1, &node(&from), &bytes, now, 2_000, store);
+    peers.finish_commit(Err(crate::StoreError::new("disk full")));
+    peers.commit_deliveries(store);
+    net.collect(N2);
+    for ticket in [rpc, rpc + 1] {
+        let answer = codec::decode_peer::<PeerResponse>(
+            &net.answers[&(N2.to_owned(), ticket)],
+            RESPONSE_SIZE_MAX,
+        );
+        assert!(
+            matches!(answer, Ok(PeerResponse::Rejected(_))),
+            "{answer:?}"
+        );
+    }
+    assert!(inbox(&mut net, N2, "b").is_empty());
 }
 
 fn ack(net: &mut Net, up_to: &RequestId) -> Result<LocalReply, PeerError> {

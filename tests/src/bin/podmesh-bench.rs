@@ -14,9 +14,11 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use podmesh::api::ErrorCode;
 use podmesh::client::{Client, socket_path};
+use podmesh::store::RedbStore;
 use podmesh_certs::{
     CaValidity, MeshCa, MeshName, MeshTls, NodeCertOptions, NodeIdentity, NodeName, ServerTarget,
 };
+use podmesh_mesh::{Store as _, Table, WriteBatch};
 use podmesh_sim::engine::Sim;
 use podmesh_sim::report::Report;
 use podmesh_sim::scenario::Scenario;
@@ -330,6 +332,44 @@ async fn echo(conn: &quinn::Connection, body: &[u8]) -> anyhow::Result<()> {
 /// A 64-byte message body, the size of a short notification.
 const BODY: &str = "benchmark message, sixty-four bytes long, padded to that size ok.";
 
+/// The physical floor of one delivery: a redb store (the node's own [`RedbStore`]) taking one
+/// transaction the size and shape of a stored message (the message and its dedupe id),
+/// committed with the same fsync.
+struct Disk {
+    store: RedbStore,
+    seq: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Disk {
+    fn new() -> anyhow::Result<Disk> {
+        let dir = tempfile::tempdir()?;
+        Ok(Disk {
+            store: RedbStore::open(dir.path())?,
+            seq: 0,
+            _dir: dir,
+        })
+    }
+
+    /// One fsynced transaction: a message record of about 200 bytes and its dedupe key.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        self.seq += 1;
+        let mut key = b"mb\0".to_vec();
+        key.extend_from_slice(&self.seq.to_be_bytes());
+        let mut record = BODY.as_bytes().to_vec();
+        record.extend_from_slice(&[0u8; 136]);
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Inboxes, key, record);
+        batch.put(
+            Table::Inboxes,
+            format!("dn1-1-{}", self.seq).into_bytes(),
+            self.seq.to_be_bytes().to_vec(),
+        );
+        self.store.write(batch)?;
+        Ok(())
+    }
+}
+
 fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -355,9 +395,13 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
     let n1 = socket_path(&cluster.node("n1").data_dir.clone());
     let n2 = socket_path(&cluster.node("n2").data_dir.clone());
 
+    let mut disk = Disk::new()?;
     let mut setup = Vec::new();
     let mut handshake = Vec::new();
     let mut echo_rtt = Vec::new();
+    let mut commit_time = Vec::new();
+    let mut batch_size = Vec::new();
+    let mut echo_commit = Vec::new();
     let mut api_rtt = Vec::new();
     let mut send_rtt = Vec::new();
     let mut raw_rate = Vec::new();
@@ -382,6 +426,22 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
                 t.push(ms(start.elapsed()));
             }
             echo_rtt.push(median(&mut t));
+            // The disk alone, then an echo followed by the disk: delivery's physical floor.
+            let mut t = Vec::new();
+            for _ in 0..args.ops {
+                let start = Instant::now();
+                disk.commit()?;
+                t.push(ms(start.elapsed()));
+            }
+            commit_time.push(median(&mut t));
+            let mut t = Vec::new();
+            for _ in 0..args.ops {
+                let start = Instant::now();
+                echo(&conn, BODY.as_bytes()).await?;
+                disk.commit()?;
+                t.push(ms(start.elapsed()));
+            }
+            echo_commit.push(median(&mut t));
             raw_rate.push(raw_throughput(&conn, args.ops * 4).await?);
             conn.close(0u32.into(), b"");
 
@@ -422,7 +482,10 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
                 .call("inbox", json!({ "pod": "b", "drain": true }))
                 .await?;
             send_rtt.push(median(&mut t));
+            let before = batches(&n2).await?;
             send_rate.push(pod_throughput(&n1, &n2, args.ops * 4).await?);
+            let after = batches(&n2).await?;
+            batch_size.push((after.0 - before.0) / (after.1 - before.1).max(1.0));
             settle(&mut client, "unregister_peer", &peer).await?;
             Ok(())
         });
@@ -457,6 +520,29 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
             note: None,
         },
         Row {
+            what: "message delivery, p50, against its physical floor".into(),
+            podmesh: lat(&send_rtt),
+            baseline_name:
+                "raw quinn echo, then one fsynced redb transaction of a message's size, p50".into(),
+            baseline: Some(lat(&echo_commit)),
+            ratio: Some(ratios(&send_rtt, &echo_commit)),
+            unit: "ms".into(),
+            budget: Some("<= 1.5x the floor".into()),
+            met: Some(ratios(&send_rtt, &echo_commit).median <= 1.5),
+            note: None,
+        },
+        Row {
+            what: "one fsynced redb transaction of a message's size (the node's store), p50".into(),
+            podmesh: lat(&commit_time),
+            baseline_name: "raw quinn bi-stream echo, p50".into(),
+            baseline: Some(lat(&echo_rtt)),
+            ratio: Some(ratios(&commit_time, &echo_rtt)),
+            unit: "ms".into(),
+            budget: None,
+            met: None,
+            note: None,
+        },
+        Row {
             what: "local API round trip (node_info), p50: part of both figures above".into(),
             podmesh: lat(&api_rtt),
             baseline_name: "raw quinn bi-stream echo, p50".into(),
@@ -474,11 +560,22 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
             baseline: Some(lat(&raw_rate)),
             ratio: Some(ratios(&send_rate, &raw_rate)),
             unit: "msg/s".into(),
-            budget: None,
-            met: None,
+            budget: Some(">= 0.25x raw quinn".into()),
+            met: Some(ratios(&send_rate, &raw_rate).median >= 0.25),
             note: None,
         },
     ];
+    rows.push(Row {
+        what: "messages per group commit on the receiver during the 8-sender run".into(),
+        podmesh: Stats::of(&batch_size),
+        baseline_name: String::new(),
+        baseline: None,
+        ratio: None,
+        unit: "msg".into(),
+        budget: None,
+        met: None,
+        note: None,
+    });
     rows.push(Row {
         what: format!(
             "{} node processes converge (after the last one starts)",
@@ -523,6 +620,16 @@ async fn settle(client: &mut Client, method: &str, params: &Value) -> anyhow::Re
             Some(e) => bail!("{method}: {}", e.message),
         }
     }
+}
+
+/// Messages stored and group commits written by the node at `socket`, from `node_info`.
+async fn batches(socket: &Path) -> anyhow::Result<(f64, f64)> {
+    let info = Client::connect(socket)
+        .await?
+        .call("node_info", json!({}))
+        .await?;
+    let counter = |name: &str| info.data["counters"][name].as_f64().unwrap_or(0.0);
+    Ok((counter("messages_delivered"), counter("delivery_batches")))
 }
 
 /// Concurrent senders for the throughput figures.
