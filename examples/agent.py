@@ -61,13 +61,18 @@ class Connection:
 
 
 def handle(requests, pod, message):
-    """Prints one message, replies to its sender and acknowledges it."""
+    """Prints one message, replies to its sender and acknowledges it. A reply the node refuses
+    (the sender is not live, its inbox is full) is reported and the message still counts as
+    handled, so one refusal does not bring the same message back on every start."""
     sender, text = message["from"], message["message"]
     print(f"[Peer message from `{sender}`] {text}", flush=True)
     if not text.startswith(REPLY_PREFIX):
-        requests.call(
-            "send_to_peer", {"pod": pod, "name": sender, "message": REPLY_PREFIX + text}
-        )
+        try:
+            requests.call(
+                "send_to_peer", {"pod": pod, "name": sender, "message": REPLY_PREFIX + text}
+            )
+        except RuntimeError as refused:
+            print(f"no reply to {sender}: {refused}", file=sys.stderr, flush=True)
     requests.call("inbox_ack", {"pod": pod, "up_to": message["id"]})
 
 

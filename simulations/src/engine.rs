@@ -479,6 +479,11 @@ impl Sim {
     fn act(&mut self, action: Action) {
         match action {
             Action::Start(node) => self.start(node, true, true),
+            Action::Restart { node, .. } if self.nodes[node].crash_at_commit.is_some() => {
+                // A crash waiting for a commit that never came before its restart was due
+                // does not happen.
+                self.nodes[node].crash_at_commit = None;
+            }
             Action::Restart { node, durable } => {
                 if self.nodes[node].running.is_none() && self.nodes[node].awaiting_restart {
                     self.start(node, durable, false);
@@ -640,6 +645,7 @@ impl Sim {
         n.life += 1;
         n.wake_at = None;
         n.commit_at = None;
+        n.crash_at_commit = None;
         n.answers.clear();
         n.awaiting_restart = !stays_down;
         let mut store = r.into_store();

@@ -173,7 +173,8 @@ pub enum Fault {
         #[serde(default = "yes")]
         durable: bool,
         /// Each crash waits until its node has deliveries staged for a group commit and strikes
-        /// before that commit is written: what a crash mid-batch loses is checked.
+        /// before that commit is written: what a crash mid-batch loses is checked. A crash
+        /// still waiting when its restart is due does not happen.
         #[serde(default)]
         mid_commit: bool,
     },

@@ -31,8 +31,11 @@ pub struct PeersConfig {
     /// the largest messages under 4 MiB and its commit short, while 64 concurrent senders
     /// already share one fsync.
     pub delivery_batch_max: usize,
-    /// Message ids remembered for deduplication, per node (oldest forgotten first). Must exceed
-    /// the messages a sender can retry within its attempts.
+    /// Ids of the messages this node stored, remembered for deduplication and acks (oldest
+    /// forgotten first). It must outlast a sender's retries: 131,072 ids last 16 s at 8,000
+    /// messages a second (podmesh-bench's rate between two nodes), over the 9 s a sender
+    /// retries within (`delivery_attempts` x `rpc_timeout`); they take about 100 bytes each
+    /// in memory when full.
     pub dedupe_ids_max: usize,
     /// Pods one node hosts.
     pub pods_max: usize,
@@ -70,7 +73,7 @@ impl Default for PeersConfig {
             inbox_len_max: 1024,
             inbox_share_per_node_max: 256,
             delivery_batch_max: 64,
-            dedupe_ids_max: 16 * 1024,
+            dedupe_ids_max: 128 * 1024,
             // One replicated state key per Pod, under `Config::state_keys_max` (1024) with room
             // for the node's own keys.
             pods_max: 1000,

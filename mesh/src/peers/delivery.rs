@@ -44,8 +44,11 @@ pub(super) struct Commit {
 pub(super) struct Staged {
     waiter: Waiter,
     id: RequestId,
-    /// The inbox and the message; `None` for a retry of a message staged before it.
-    message: Option<(PodName, InboxEntry)>,
+    /// The receiving Pod.
+    to: PodName,
+    entry: InboxEntry,
+    /// A retry of a message staged or being written: not counted against the inbox bounds.
+    retry: bool,
 }
 
 impl Peers {
@@ -180,15 +183,6 @@ impl Peers {
             self.counters.duplicates += 1;
             return Ok(false);
         }
-        if self.pending().any(|s| s.id == id) {
-            self.counters.duplicates += 1;
-            self.staged.push(Staged {
-                waiter,
-                id,
-                message: None,
-            });
-            return Ok(true);
-        }
         if body.len() > self.config.message_size_max {
             return Err(PeerError::new(
                 ErrorCode::InvalidRequest,
@@ -199,10 +193,29 @@ impl Peers {
                 ),
             ));
         }
+        let entry = InboxEntry {
+            id: id.clone(),
+            from: from.clone(),
+            body,
+            received_at_ms: wall_ms,
+        };
+        // A retry of a message still waiting for its write waits for the same outcome; it is
+        // stored only if that write fails (`begin_commit` writes each id once).
+        if self.pending().any(|s| s.id == id) {
+            self.counters.duplicates += 1;
+            self.staged.push(Staged {
+                waiter,
+                id,
+                to: to.clone(),
+                entry,
+                retry: true,
+            });
+            return Ok(true);
+        }
         let staged_for = |inbox: &PodName, node: Option<&NodeName>| {
             self.pending()
-                .filter_map(|s| s.message.as_ref())
-                .filter(|(pod, entry)| pod == inbox && node.is_none_or(|n| *n == entry.from.node))
+                .filter(|s| !s.retry && s.to == *inbox)
+                .filter(|s| node.is_none_or(|n| *n == s.entry.from.node))
                 .count()
         };
         let queued = self.inboxes.get(to).map_or(0, VecDeque::len) + staged_for(to, None);
@@ -224,16 +237,12 @@ impl Peers {
                 ),
             ));
         }
-        let entry = InboxEntry {
-            id: id.clone(),
-            from: from.clone(),
-            body,
-            received_at_ms: wall_ms,
-        };
         self.staged.push(Staged {
             waiter,
             id,
-            message: Some((to.clone(), entry)),
+            to: to.clone(),
+            entry,
+            retry: false,
         });
         Ok(true)
     }
@@ -267,7 +276,7 @@ impl Peers {
     /// [`Peers::finish_commit`]. `None` while a commit is in flight (one at a time: what is
     /// staged meanwhile waits for the next) or when nothing is staged. A relation removed since
     /// staging refuses that message alone.
-    pub fn begin_commit(&mut self) -> Option<WriteBatch> {
+    pub(super) fn begin_commit(&mut self) -> Option<WriteBatch> {
         if self.committing.is_some() || self.staged.is_empty() {
             return None;
         }
@@ -276,7 +285,11 @@ impl Peers {
         let mut refused: BTreeMap<RequestId, PeerError> = BTreeMap::new();
         let mut stored: Vec<(PodName, InboxEntry, u64)> = Vec::new();
         let mut batch = WriteBatch::new();
-        for (to, entry) in staged.iter().filter_map(|s| s.message.as_ref()) {
+        for Staged { to, entry, .. } in &staged {
+            let written_before = self.dedupe.contains_key(&entry.id);
+            if written_before || stored.iter().any(|(_, e, _)| e.id == entry.id) {
+                continue;
+            }
             if let Err(error) = self.check_relation(&entry.from, to) {
                 refused.insert(entry.id.clone(), error);
                 continue;
@@ -315,8 +328,8 @@ impl Peers {
 
     /// Applies the outcome of the write [`Peers::begin_commit`] returned and answers each
     /// waiter: `Delivered` only once its batch is committed; a failed batch acknowledges none of
-    /// its messages. A retry staged behind its first attempt is answered by that attempt's fate.
-    pub fn finish_commit(&mut self, written: Result<(), StoreError>) {
+    /// its messages. A retry staged with its first attempt is answered by their one write.
+    pub(super) fn finish_commit(&mut self, written: Result<(), StoreError>) {
         let Some(Commit {
             staged,
             stored,
@@ -353,24 +366,17 @@ impl Peers {
         } else {
             self.counters.delivery_batches_failed += 1;
         }
-        for Staged {
-            waiter,
-            id,
-            message,
-        } in staged
-        {
-            let result = if let Some(error) = refused.get(&id) {
-                Err(error.clone())
-            } else if self.dedupe.contains_key(&id) {
+        for Staged { waiter, id, .. } in staged {
+            let result = if self.dedupe.contains_key(&id) {
                 Ok(())
+            } else if let Some(error) = refused.get(&id) {
+                Err(error.clone())
             } else if let Err(error) = &written {
                 Err(error.clone())
             } else {
-                // A retry whose first attempt was refused or failed in an earlier batch.
-                debug_assert!(message.is_none());
                 Err(PeerError::new(
                     ErrorCode::Internal,
-                    "the message's first attempt was not stored",
+                    "the message was not stored",
                 ))
             };
             self.answer_waiter(waiter, id, result);
@@ -381,11 +387,6 @@ impl Peers {
     fn pending(&self) -> impl Iterator<Item = &Staged> {
         let committing = self.committing.iter().flat_map(|c| c.staged.iter());
         self.staged.iter().chain(committing)
-    }
-
-    /// Whether a group commit's write is in flight (between begin and finish).
-    pub fn commit_in_flight(&self) -> bool {
-        self.committing.is_some()
     }
 
     /// Deliveries staged for the next commit.

@@ -12,9 +12,11 @@ use crate::api_server::ClientEvent;
 use crate::transport::Inbound;
 
 impl Actor {
-    /// With deliveries staged, feeds what has arrived meanwhile (at most `GATHER_MAX` inputs,
-    /// so timers are never starved), then commits them all in one store transaction. Nothing
-    /// waits for more: deliveries that arrive during the commit's fsync join the next one.
+    /// With deliveries staged, feeds what the channels already hold (at most `GATHER_MAX`
+    /// inputs, so timers are never starved, and a batch), then commits them in one store
+    /// transaction. Nothing waits for more. The node runs on one thread, so the commit's fsync
+    /// holds up the transport too: what arrives meanwhile waits in the sockets, is read after
+    /// it, and joins the next commit.
     pub(super) fn group_commit(
         &mut self,
         inbound_rx: &mut mpsc::Receiver<Inbound>,
@@ -38,9 +40,16 @@ impl Actor {
             }
             fed += 1;
         }
-        // A batch at most each: what is left is staged for the next.
-        while self.node.staged_deliveries() > 0 {
+        // A batch at most each, until nothing is staged.
+        loop {
+            let staged = self.node.staged_deliveries();
+            if staged == 0 {
+                break;
+            }
             self.node.commit_deliveries(self.clock.now());
+            if self.node.staged_deliveries() >= staged {
+                break;
+            }
         }
     }
 

@@ -176,6 +176,13 @@ impl Actor {
             "attach" => {
                 let pod = pod_param(params, "pod")?;
                 let record = self.local_pod(&pod)?.clone();
+                // Every message not yet acknowledged: what a program that stopped before
+                // acking gets again. Read first, so a failed read loses no alert.
+                let inbox = self
+                    .node
+                    .peers()
+                    .inbox_messages(&pod, self.node.store())
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.message))?;
                 // The prelude: buffered alerts, then exactly one snapshot, then live events.
                 for alert in self.alerts.remove(&pod).unwrap_or_default() {
                     let mut alert = alert;
@@ -184,13 +191,6 @@ impl Actor {
                     reply_tx.send(alert);
                 }
                 let me = PodAddr::new(pod.clone(), self.node.mesh().name().clone());
-                // Every message not yet acknowledged: what a program that stopped before
-                // acking gets again.
-                let inbox = self
-                    .node
-                    .peers()
-                    .inbox_messages(&pod, self.node.store())
-                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.message))?;
                 let snapshot = json!({
                     "pod": directory::record_json(self.node.mesh().name(), &record),
                     "pods": directory::visible(&me, &record, &self.directory()),
