@@ -387,8 +387,6 @@ pub struct Peers {
     dedupe_order: VecDeque<RequestId>,
     /// Deliveries accepted since the last commit, waiting for it.
     staged: Vec<delivery::Staged>,
-    /// The group commit whose write is in flight.
-    committing: Option<delivery::Commit>,
     seq: u64,
     /// The highest id counter the store allows this life to use (`ID_BLOCK` at a time).
     seq_reserved: u64,
@@ -426,7 +424,6 @@ impl Peers {
             dedupe: BTreeMap::new(),
             dedupe_order: VecDeque::new(),
             staged: Vec::new(),
-            committing: None,
             seq: 0,
             seq_reserved: 0,
             rpcs: BTreeMap::new(),

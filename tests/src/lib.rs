@@ -428,6 +428,20 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// A local API client of node `name`, as a program holds one, with the one-thread runtime
+    /// that drives it.
+    pub fn local_client(
+        &mut self,
+        name: &str,
+    ) -> anyhow::Result<(tokio::runtime::Runtime, podmesh::client::Client)> {
+        let socket = podmesh::client::socket_path(&self.node(name).data_dir.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = runtime.block_on(podmesh::client::Client::connect(&socket))?;
+        Ok((runtime, client))
+    }
+
     /// Calls the local API of `name` directly; returns the reply data, or the error's
     /// `(code, message)`.
     pub fn api(

@@ -130,14 +130,7 @@ fn the_python_agent_replies_to_each_message_and_acknowledges_it() {
 
     // A program that received a message and stopped before acknowledging it: the next one
     // gets the message again.
-    let socket = data_dir.join("podmesh.sock");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut crashed = runtime
-        .block_on(podmesh::client::Client::connect(&socket))
-        .unwrap();
+    let (runtime, mut crashed) = cluster.local_client("n2").unwrap();
     runtime
         .block_on(crashed.call("attach", json!({ "pod": "b" })))
         .unwrap();

@@ -352,14 +352,7 @@ fn an_attached_client_gets_alerts_then_one_snapshot_with_the_inbox_then_live_not
         "send_to_peer",
         json!({ "pod": "a", "name": "b@n2", "message": "early" }),
     ));
-    let socket = cluster.node("n2").data_dir.join("podmesh.sock");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut client = runtime
-        .block_on(podmesh::client::Client::connect(&socket))
-        .unwrap();
+    let (runtime, mut client) = cluster.local_client("n2").unwrap();
     let next = |client: &mut podmesh::client::Client| {
         runtime
             .block_on(async {
@@ -468,35 +461,22 @@ fn acknowledged_messages_leave_the_inbox_for_good_and_the_rest_come_back_after_a
     );
     let again = ok(cluster.api("n2", "inbox_ack", json!({ "pod": "b", "up_to": ids[0] })));
     assert_eq!(again["removed"], 0, "acking again changes nothing");
-    let unknown = cluster
-        .api(
-            "n2",
-            "inbox_ack",
-            json!({ "pod": "b", "up_to": "n1-1-999999" }),
-        )
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(unknown.0, "not_found", "{unknown:?}");
-    let malformed = cluster
-        .api(
-            "n2",
-            "inbox_ack",
-            json!({ "pod": "b", "up_to": "nonsense" }),
-        )
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(malformed.0, "invalid_request", "{malformed:?}");
+    for (up_to, code) in [
+        ("n1-1-999999", "not_found"),
+        ("nonsense", "invalid_request"),
+    ] {
+        let refused = cluster
+            .api("n2", "inbox_ack", json!({ "pod": "b", "up_to": up_to }))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.0, code, "{up_to}: {refused:?}");
+    }
 
     // Attach, as a program would after a crash: the unacknowledged message is in the snapshot.
-    let socket = cluster.node("n2").data_dir.join("podmesh.sock");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let (runtime, mut client) = cluster.local_client("n2").unwrap();
+    let snapshot = runtime
+        .block_on(client.call("attach", json!({ "pod": "b" })))
         .unwrap();
-    let snapshot = runtime.block_on(async {
-        let mut client = podmesh::client::Client::connect(&socket).await.unwrap();
-        client.call("attach", json!({ "pod": "b" })).await.unwrap()
-    });
     let inbox = snapshot.data["inbox"].as_array().unwrap();
     assert_eq!(inbox.len(), 1, "{inbox:?}");
     assert_eq!(inbox[0]["id"], ids[2].as_str());

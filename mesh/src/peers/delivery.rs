@@ -16,7 +16,7 @@ use crate::NodeName;
 use crate::Time;
 use crate::codec;
 use crate::pod::{PodAddr, PodName};
-use crate::store::{Store, StoreError, Table, WriteBatch};
+use crate::store::{Store, Table, WriteBatch};
 
 /// Who is told the outcome of a staged delivery.
 #[derive(Debug, Clone, Copy)]
@@ -27,18 +27,6 @@ pub(super) enum Waiter {
     Local(u64),
 }
 
-/// A group commit whose write is in flight: what to apply once it is written.
-#[derive(Debug)]
-pub(super) struct Commit {
-    staged: Vec<Staged>,
-    /// The messages in the write, with their inbox sequence numbers.
-    stored: Vec<(PodName, InboxEntry, u64)>,
-    /// Messages refused at the start of the commit (their relation went meanwhile).
-    refused: BTreeMap<RequestId, PeerError>,
-    /// Dedupe ids the write forgets, oldest first.
-    evicted: usize,
-}
-
 /// A delivery waiting for the next group commit.
 #[derive(Debug)]
 pub(super) struct Staged {
@@ -47,7 +35,7 @@ pub(super) struct Staged {
     /// The receiving Pod.
     to: PodName,
     entry: InboxEntry,
-    /// A retry of a message staged or being written: not counted against the inbox bounds.
+    /// A retry of a message staged before it: not counted against the inbox bounds.
     retry: bool,
 }
 
@@ -199,9 +187,9 @@ impl Peers {
             body,
             received_at_ms: wall_ms,
         };
-        // A retry of a message still waiting for its write waits for the same outcome; it is
-        // stored only if that write fails (`begin_commit` writes each id once).
-        if self.pending().any(|s| s.id == id) {
+        // A retry of a message still waiting for its write waits for the same outcome (the
+        // commit writes each id once).
+        if self.staged.iter().any(|s| s.id == id) {
             self.counters.duplicates += 1;
             self.staged.push(Staged {
                 waiter,
@@ -213,7 +201,8 @@ impl Peers {
             return Ok(true);
         }
         let staged_for = |inbox: &PodName, node: Option<&NodeName>| {
-            self.pending()
+            self.staged
+                .iter()
                 .filter(|s| !s.retry && s.to == *inbox)
                 .filter(|s| node.is_none_or(|n| *n == s.entry.from.node))
                 .count()
@@ -261,26 +250,16 @@ impl Peers {
         Ok(())
     }
 
-    /// Stores the staged deliveries in one store transaction (group commit) and answers them;
-    /// [`Peers::begin_commit`] and [`Peers::finish_commit`] in one go, for drivers whose store
-    /// writes where they stand.
+    /// Stores up to `delivery_batch_max` staged deliveries, oldest first, in one store
+    /// transaction (group commit), then answers each: `Delivered` only once the write
+    /// succeeded; a failed write acknowledges none of its messages. A retry staged with its
+    /// first attempt shares its one write; a relation removed since staging refuses that
+    /// message alone. What is left stays staged for the next call.
     pub fn commit_deliveries(&mut self, store: &mut impl Store) {
-        if let Some(batch) = self.begin_commit() {
-            let written = store.write(batch);
-            self.finish_commit(written);
-        }
-    }
-
-    /// Takes up to `delivery_batch_max` staged deliveries, oldest first, into the next group
-    /// commit and returns its one write, for the driver to carry out and report with
-    /// [`Peers::finish_commit`]. `None` while a commit is in flight (one at a time: what is
-    /// staged meanwhile waits for the next) or when nothing is staged. A relation removed since
-    /// staging refuses that message alone.
-    pub(super) fn begin_commit(&mut self) -> Option<WriteBatch> {
-        if self.committing.is_some() || self.staged.is_empty() {
-            return None;
-        }
         let take = self.staged.len().min(self.config.delivery_batch_max.max(1));
+        if take == 0 {
+            return;
+        }
         let staged: Vec<Staged> = self.staged.drain(..take).collect();
         let mut refused: BTreeMap<RequestId, PeerError> = BTreeMap::new();
         let mut stored: Vec<(PodName, InboxEntry, u64)> = Vec::new();
@@ -313,36 +292,11 @@ impl Peers {
         for old in self.dedupe_order.iter().take(evicted) {
             batch.delete(Table::Inboxes, id_key(DEDUPE_PREFIX, old));
         }
-        self.committing = Some(Commit {
-            staged,
-            stored,
-            refused,
-            evicted,
-        });
-        if batch.is_empty() {
-            self.finish_commit(Ok(()));
-            return None;
-        }
-        Some(batch)
-    }
-
-    /// Applies the outcome of the write [`Peers::begin_commit`] returned and answers each
-    /// waiter: `Delivered` only once its batch is committed; a failed batch acknowledges none of
-    /// its messages. A retry staged with its first attempt is answered by their one write.
-    pub(super) fn finish_commit(&mut self, written: Result<(), StoreError>) {
-        let Some(Commit {
-            staged,
-            stored,
-            refused,
-            evicted,
-        }) = self.committing.take()
-        else {
-            return;
+        let written = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.write(batch, store)
         };
-        let written = written.map_err(|e| {
-            self.counters.store_write_failures += 1;
-            PeerError::new(ErrorCode::Internal, e.to_string())
-        });
         if written.is_ok() {
             for old in self.dedupe_order.drain(..evicted) {
                 self.dedupe.remove(&old);
@@ -381,12 +335,6 @@ impl Peers {
             };
             self.answer_waiter(waiter, id, result);
         }
-    }
-
-    /// Deliveries waiting for their batch to be written: staged, and in the commit in flight.
-    fn pending(&self) -> impl Iterator<Item = &Staged> {
-        let committing = self.committing.iter().flat_map(|c| c.staged.iter());
-        self.staged.iter().chain(committing)
     }
 
     /// Deliveries staged for the next commit.

@@ -1348,7 +1348,7 @@ fn a_retry_of_a_staged_message_waits_for_the_same_commit_and_is_stored_once() {
 }
 
 #[test]
-fn a_batch_takes_at_most_its_bound_and_what_is_staged_meanwhile_waits_for_the_next() {
+fn a_commit_takes_at_most_a_batch_and_leaves_the_rest_staged() {
     let mut net = peered();
     let max = PeersConfig::default().delivery_batch_max;
     for i in 0..max + 3 {
@@ -1360,19 +1360,11 @@ fn a_batch_takes_at_most_its_bound_and_what_is_staged_meanwhile_waits_for_the_ne
     for (rpc, from, _, bytes) in &requests {
         peers.handle_request(*rpc, &node(from), bytes, now, 2_000, store);
     }
-    let first = peers.begin_commit().expect("a batch to write");
-    assert_eq!(peers.staged_deliveries(), 3);
-    assert!(
-        peers.begin_commit().is_none(),
-        "one commit in flight at a time"
-    );
-    // A retry of a message in the batch in flight waits for that batch.
-    let (rpc, from, _, bytes) = &requests[0];
-    let retry = peers.handle_request(rpc + 10_000, &node(from), bytes, now, 2_000, store);
-    assert_eq!(retry, Answer::Later);
-    store.write(first).unwrap();
-    peers.finish_commit(Ok(()));
+    let writes = store.writes();
+    peers.commit_deliveries(store);
+    assert_eq!(store.writes(), writes + 1);
     assert_eq!(peers.inbox_len(&pod("b")), max);
+    assert_eq!(peers.staged_deliveries(), 3);
     peers.commit_deliveries(store);
     assert_eq!(peers.inbox_len(&pod("b")), max + 3);
     net.collect(N2);
@@ -1382,39 +1374,8 @@ fn a_batch_takes_at_most_its_bound_and_what_is_staged_meanwhile_waits_for_the_ne
             Ok(PeerResponse::Delivered)
         )
     };
-    assert_eq!(net.answers.len(), max + 4);
+    assert_eq!(net.answers.len(), max + 3);
     assert!(net.answers.values().all(delivered));
-}
-
-#[test]
-fn a_retry_behind_a_failed_first_attempt_is_stored_by_the_next_commit() {
-    // The retry arrives while its first attempt's write is failing: the first attempt is
-    // refused, the retry carries the message into the next batch, and it is stored once.
-    let mut net = peered();
-    send(&mut net, "again");
-    let now = net.now;
-    let (rpc, from, _, bytes) = net.requests.remove(0);
-    let (peers, store) = net.nodes.get_mut(N2).unwrap();
-    peers.handle_request(rpc, &node(&from), &bytes, now, 2_000, store);
-    let batch = peers.begin_commit().unwrap();
-    drop(batch);
-    peers.handle_request(rpc + 1, &node(&from), &bytes, now, 2_000, store);
-    peers.finish_commit(Err(crate::StoreError::new("disk full")));
-    peers.commit_deliveries(store);
-    net.collect(N2);
-    let answer = |net: &Net, ticket: u64| {
-        codec::decode_peer::<PeerResponse>(
-            &net.answers[&(N2.to_owned(), ticket)],
-            RESPONSE_SIZE_MAX,
-        )
-    };
-    assert!(matches!(answer(&net, rpc), Ok(PeerResponse::Rejected(_))));
-    assert!(matches!(answer(&net, rpc + 1), Ok(PeerResponse::Delivered)));
-    let stored: Vec<String> = inbox(&mut net, N2, "b")
-        .into_iter()
-        .map(|e| e.body)
-        .collect();
-    assert_eq!(stored, ["again"]);
 }
 
 fn ack(net: &mut Net, up_to: &RequestId) -> Result<LocalReply, PeerError> {
