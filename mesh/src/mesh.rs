@@ -124,6 +124,8 @@ pub struct Mesh<S> {
     members: Members,
     /// Members declared dead recently, still gossiped to (pruned by `gossip_to_dead`).
     recently_dead: Vec<NodeName>,
+    /// When the last gossip round went out: urgent rounds come at most once per interval.
+    last_gossip: Option<Time>,
     /// Replicated state per owner that has any, this node included.
     entries: BTreeMap<NodeName, StateMap>,
     queue: Broadcasts,
@@ -222,6 +224,7 @@ impl<S: Store> Mesh<S> {
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             members: Members::new(rng_seed ^ MEMBER_HASH_SALT),
             recently_dead: Vec::new(),
+            last_gossip: None,
             entries: BTreeMap::from([(me, StateMap::default())]),
             queue: Broadcasts::new(rng_seed ^ QUEUE_HASH_SALT),
             digest: Digest::new(config.sync_buckets),
@@ -492,7 +495,7 @@ impl<S: Store> Mesh<S> {
                     };
                     self.enqueue(update);
                     // Push the news right away rather than waiting for the next gossip tick.
-                    self.gossip_round(now);
+                    self.gossip_round(now, true);
                     // A leave is how a node stops for a restart: store the members it knows
                     // now, not at the next persist tick, which may never come.
                     self.persist_members();
@@ -554,7 +557,7 @@ impl<S: Store> Mesh<S> {
             Timer::Suspicion { node, token } => self.on_suspicion_timeout(node, token, now),
             Timer::Gossip => {
                 self.schedule(now + self.config.gossip_interval, Timer::Gossip);
-                self.gossip_round(now);
+                self.gossip_round(now, false);
             }
             Timer::Sync => {
                 let next = if std::mem::take(&mut self.roster_grew) {

@@ -725,6 +725,7 @@ impl Actor {
             ("podmesh_indirect_probes", counters.indirect_probes_sent),
             ("podmesh_suspicions", counters.suspicions),
             ("podmesh_refutations", counters.refutations),
+            ("podmesh_accusations_dropped", counters.accusations_dropped),
             ("podmesh_deaths_declared", counters.deaths_declared),
             (
                 "podmesh_bad_frames",

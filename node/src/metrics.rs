@@ -68,7 +68,7 @@ pub struct Snapshot {
 }
 
 /// Every help text, by cumulative count name.
-const COUNTS: [(&str, &str); 7] = [
+const COUNTS: [(&str, &str); 8] = [
     ("podmesh_probes", "Direct probes (pings) sent"),
     (
         "podmesh_indirect_probes",
@@ -78,6 +78,10 @@ const COUNTS: [(&str, &str); 7] = [
     (
         "podmesh_refutations",
         "Times this node refuted news of its own failure",
+    ),
+    (
+        "podmesh_accusations_dropped",
+        "Accusations dropped: their subject spoke here lately, or their accuser is back from across a cut",
     ),
     (
         "podmesh_deaths_declared",

@@ -238,4 +238,8 @@ pub struct Counters {
     pub deaths_declared: u64,
     /// Times this node refuted news of its own suspicion, death or leave.
     pub refutations: u64,
+    /// Accusations (suspect or dead) dropped here: their subject had spoken to this node
+    /// within the evidence window, or their accuser or relay had just come back from across a
+    /// cut (DESIGN section 3, "Calm heals").
+    pub accusations_dropped: u64,
 }

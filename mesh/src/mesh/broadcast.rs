@@ -79,6 +79,8 @@ pub(super) struct Broadcasts {
     /// updates ever queued at once.
     free: Vec<u32>,
     next_seq: u64,
+    /// The encoded size of every queued update, summed.
+    bytes: usize,
 }
 
 impl Broadcasts {
@@ -92,6 +94,7 @@ impl Broadcasts {
             slots: Vec::new(),
             free: Vec::new(),
             next_seq: 0,
+            bytes: 0,
         }
     }
 
@@ -104,7 +107,14 @@ impl Broadcasts {
             .by_subject
             .find(hash, |&at| Subject::of(&slot(slots, at).update) == subject)
             .copied();
+        // A confirmation of a queued suspicion carries its news on the transmissions the
+        // suspicion has left: every node that counts it queues it again, so it spreads anyway,
+        // and a fresh start at each confirmation would multiply the load of every suspicion.
+        let mut sent = 0;
         if let Some(at) = older {
+            if same_suspicion(&slot(&self.slots, at).update, &update) {
+                sent = slot(&self.slots, at).sent;
+            }
             self.forget(at);
         }
         let mut evicted = false;
@@ -129,10 +139,11 @@ impl Broadcasts {
         let new = Slot {
             update,
             seq,
-            sent: 0,
+            sent,
             size,
         };
         self.order.insert(new.key(at));
+        self.bytes += size as usize;
         self.slots[at as usize] = Some(new);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.by_subject.insert_unique(hash, at, |&p| {
@@ -182,18 +193,35 @@ impl Broadcasts {
         self.by_subject.len()
     }
 
+    /// The encoded size of every queued update, summed.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Drops the update in slot `at` from the order and the subject index, and frees the slot.
     fn forget(&mut self, at: u32) {
         let Some(gone) = self.slots[at as usize].take() else {
             return;
         };
         self.order.remove(&gone.key(at));
+        self.bytes -= gone.size as usize;
         let hash = self.hasher.hash_one(Subject::of(&gone.update));
         if let Ok(found) = self.by_subject.find_entry(hash, |&p| p == at) {
             found.remove();
         }
         self.free.push(at);
     }
+}
+
+/// Whether `b` confirms the suspicion `a`: the same member at the same incarnation.
+fn same_suspicion(a: &Update, b: &Update) -> bool {
+    matches!(
+        (a, b),
+        (
+            Update::Suspect { name: x, incarnation: i, .. },
+            Update::Suspect { name: y, incarnation: j, .. },
+        ) if x == y && i == j
+    )
 }
 
 fn slot(slots: &[Option<Slot>], at: u32) -> &Slot {

@@ -5,17 +5,28 @@
 
 use std::net::SocketAddr;
 
+use rand::Rng;
+
 use super::state::Onward;
 use super::{Mesh, SEQ_LEN_SLACK, sample};
 use crate::codec::{self, Datagram, MemberState, Probe, StateRecord, Update};
 use crate::store::Store;
 use crate::{NodeName, Output, Target, Time};
 
+/// Bytes of a gossip datagram that carry no update (version, probe, list length), rounded up.
+const GOSSIP_OVERHEAD: usize = 16;
+
 impl<S: Store> Mesh<S> {
+    /// Sends the failure news just learnt without waiting for the next tick, unless a round
+    /// went out less than a gossip interval ago: news that comes in bursts (a cut, a heal)
+    /// then rides the next tick together instead of a round each.
     pub(super) fn flush_urgent(&mut self, now: Time) {
-        if self.urgent {
+        let recent = self
+            .last_gossip
+            .is_some_and(|t| now.saturating_since(t) < self.config.gossip_interval);
+        if self.urgent && !recent {
             self.urgent = false;
-            self.gossip_round(now);
+            self.gossip_round(now, true);
         }
     }
 
@@ -64,10 +75,29 @@ impl<S: Store> Mesh<S> {
         self.push_output(Output::Datagram { to, bytes });
     }
 
-    pub(super) fn gossip_round(&mut self, now: Time) {
+    /// Sends queued updates to `gossip_fanout` members for `urgent` news, else to as many as
+    /// the queue fills datagrams for (at least one): every update still makes all its
+    /// transmissions, only in fewer, fuller frames, so the load of a burst of news (a cut
+    /// seen from one side) is its size, not a frame per member per tick.
+    pub(super) fn gossip_round(&mut self, now: Time, urgent: bool) {
+        self.urgent = false;
         if self.queue.len() == 0 {
             return;
         }
+        self.last_gossip = Some(now);
+        let room = self
+            .config
+            .datagram_size_max
+            .saturating_sub(GOSSIP_OVERHEAD)
+            .max(1);
+        let fanout = if urgent {
+            self.config.gossip_fanout
+        } else {
+            self.queue
+                .bytes()
+                .div_ceil(room)
+                .clamp(1, self.config.gossip_fanout)
+        };
         // Recently dead members still get gossip, so a falsely accused node can refute.
         let dead_window = self.config.gossip_to_dead;
         let members = &self.members;
@@ -76,10 +106,22 @@ impl<S: Store> Mesh<S> {
                 m.state == MemberState::Dead && now.saturating_since(m.changed_at) < dead_window
             })
         });
-        let fanout = self.config.gossip_fanout;
-        let mut candidates = members.sample_live(&mut self.rng, fanout, |_, _| true);
-        candidates.extend(self.recently_dead.iter().cloned());
-        let chosen: Vec<(NodeName, SocketAddr)> = sample(&mut self.rng, candidates, fanout)
+        // Targets are drawn from the live and the recently dead alike, but at most one of them
+        // dead, and never in the place of the only live one: after a cut, half the mesh is
+        // recently dead, and gossip that goes there is lost to the side that needs it. One is
+        // enough for an accused node to hear of it.
+        let live = members.live_len();
+        let dead = self.recently_dead.len();
+        let to_dead =
+            dead > 0 && (0..fanout).any(|_| self.rng.random_range(0..live + dead) >= live);
+        let mut names = members.sample_live(&mut self.rng, fanout, |_, _| true);
+        if to_dead && let Some(name) = sample(&mut self.rng, self.recently_dead.clone(), 1).pop() {
+            if names.len() >= self.config.gossip_fanout {
+                names.pop();
+            }
+            names.push(name);
+        }
+        let chosen: Vec<(NodeName, SocketAddr)> = names
             .into_iter()
             .filter_map(|name| members.get(&name).map(|m| (name, m.addr)))
             .collect();
@@ -119,7 +161,8 @@ impl<S: Store> Mesh<S> {
         }
     }
 
-    pub(super) fn apply_update(&mut self, update: Update, now: Time) {
+    /// Applies an update that `relay` sent; accusations pass [`Mesh::doubts`] first.
+    pub(super) fn apply_update(&mut self, update: Update, relay: &NodeName, now: Time) {
         match update {
             Update::Alive {
                 name,
@@ -130,12 +173,20 @@ impl<S: Store> Mesh<S> {
                 name,
                 incarnation,
                 source,
-            } => self.on_suspect(name, incarnation, source, now),
+            } => {
+                if !self.doubts(&name, incarnation, &source, relay, false, now) {
+                    self.on_suspect(name, incarnation, source, now);
+                }
+            }
             Update::Dead {
                 name,
                 incarnation,
                 source,
-            } => self.on_dead(name, incarnation, source, now),
+            } => {
+                if !self.doubts(&name, incarnation, &source, relay, true, now) {
+                    self.on_dead(name, incarnation, source, now);
+                }
+            }
             Update::Left { name, incarnation } => self.on_left(name, incarnation, now),
             Update::State(record) => self.on_state(*record, Onward::Piggyback, now),
         }

@@ -41,6 +41,14 @@ pub(super) struct MemberEntry {
     pub(super) live_at: u32,
     /// What this member adds to its digest bucket (0 while it is not live).
     pub(super) digested: u64,
+    /// When a frame from this member last arrived here: direct evidence that it is up.
+    pub(super) heard_at: Option<Time>,
+    /// When it last came back to life here after being dead or gone: until then this node
+    /// and it were cut apart, and its news about the others may be from before the heal.
+    pub(super) returned_at: Option<Time>,
+    /// One more than the incarnation at which this node last told it of a death claim this
+    /// node knew to be false, so it is told once per incarnation however many claims arrive.
+    pub(super) told_above: u64,
 }
 
 impl MemberEntry {
@@ -54,6 +62,9 @@ impl MemberEntry {
             suspicion: None,
             live_at: NOT_LIVE,
             digested: 0,
+            heard_at: None,
+            returned_at: None,
+            told_above: 0,
         }
     }
 

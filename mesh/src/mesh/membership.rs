@@ -17,6 +17,10 @@ use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
 use crate::{Event, NodeName, Target, Time};
 
+/// Probe periods within which a frame from a member proves it up against a claim of its
+/// death (see [`Mesh::doubts`]).
+const EVIDENCE_PERIODS: u32 = 3;
+
 impl<S: Store> Mesh<S> {
     /// Scale of the probe interval and timeout under the current local health.
     fn stretch(&self) -> u32 {
@@ -166,8 +170,10 @@ impl<S: Store> Mesh<S> {
 
     pub(super) fn on_datagram(&mut self, from: NodeName, datagram: Datagram, now: Time) {
         for update in datagram.updates {
-            self.apply_update(update, now);
+            self.apply_update(update, &from, now);
         }
+        // After the updates, so a member that introduces itself counts as heard.
+        self.heard_from(&from, now);
         match datagram.probe {
             Probe::Gossip => {}
             Probe::Ping { seq, addr } => {
@@ -325,6 +331,7 @@ impl<S: Store> Mesh<S> {
                 }
                 member.changed_at = now;
                 if !was.is_live() {
+                    member.returned_at = Some(now);
                     self.members.set_live(&name);
                     self.add_to_probe_order(name.clone());
                 }
@@ -417,7 +424,6 @@ impl<S: Store> Mesh<S> {
                 token,
             },
         );
-        self.urgent = true;
         self.emit(Event::MemberSuspect {
             node: name.clone(),
             incarnation,
@@ -433,11 +439,38 @@ impl<S: Store> Mesh<S> {
         let Some(member) = self.members.get(&name) else {
             return;
         };
-        let current = member.suspicion.as_ref().is_some_and(|s| s.token == token);
-        if member.state != MemberState::Suspect || !current {
+        let Some(suspicion) = member.suspicion.as_ref().filter(|s| s.token == token) else {
+            return;
+        };
+        if member.state != MemberState::Suspect {
             return;
         }
         let incarnation = member.incarnation;
+        // It spoke to this node since the suspicion began, and lately: it is up, and only has
+        // not heard. Tell it again and wait one more period; a crash ends what it says, so
+        // this never shields one for longer than the evidence window.
+        let window = self.evidence_window();
+        if member
+            .heard_at
+            .is_some_and(|t| t > suspicion.started && now.saturating_since(t) < window)
+        {
+            let source = suspicion.suspecters.first().cloned();
+            let addr = member.addr;
+            self.schedule(
+                now + self.config.probe_interval,
+                Timer::Suspicion {
+                    node: name.clone(),
+                    token,
+                },
+            );
+            let claim = Update::Suspect {
+                name: name.clone(),
+                incarnation,
+                source: source.unwrap_or_else(|| self.me.clone()),
+            };
+            self.tell(name, addr, claim);
+            return;
+        }
         self.counters.deaths_declared += 1;
         self.on_dead(name, incarnation, self.me.clone(), now);
     }
@@ -508,6 +541,94 @@ impl<S: Store> Mesh<S> {
             incarnation,
         });
         self.enqueue(Update::Left { name, incarnation });
+    }
+
+    /// Notes a frame from `from`: direct evidence that it is up.
+    pub(super) fn heard_from(&mut self, from: &NodeName, now: Time) {
+        if let Some(member) = self.members.get_mut(from) {
+            member.heard_at = Some(now);
+        }
+    }
+
+    /// How recently a member must have spoken to this node for a claim of its death to be
+    /// known false: a few probe periods, and never longer than the shortest suspicion, so a
+    /// real crash, which takes a probe timeout and a whole suspicion to become a verdict, has
+    /// always gone silent for longer.
+    fn evidence_window(&self) -> Duration {
+        self.config.probe_interval * EVIDENCE_PERIODS.min(self.config.suspicion_mult)
+    }
+
+    /// Whether `name` may be speaking from across a cut that just healed: this node holds it
+    /// dead or gone, or it came back less than `gossip_to_dead` ago. Its accusations of the
+    /// members this node holds alive may predate the heal.
+    fn across_a_cut(&self, name: &NodeName, now: Time) -> bool {
+        self.members.get(name).is_some_and(|m| {
+            !m.state.is_live()
+                || m.returned_at
+                    .is_some_and(|t| now.saturating_since(t) < self.config.gossip_to_dead)
+        })
+    }
+
+    /// Whether to drop a claim that `name` is suspect (or, with `dead`, dead) at
+    /// `incarnation`, first made by `source` and brought here by `relay`. Only a claim at the
+    /// incarnation this node holds live is in question: a higher one is news, a lower one is
+    /// ignored anyway. It is dropped, and not passed on, when
+    /// - it says dead and `name` spoke to this node within the evidence window: this node tells
+    ///   it (Lifeguard's buddy system) so it refutes at once, and the verdict lands nowhere;
+    /// - its accuser or its relay speaks from across a cut: the accused hears the claim from
+    ///   them too and refutes, and meanwhile the nodes that could reach it all along keep it.
+    pub(super) fn doubts(
+        &mut self,
+        name: &NodeName,
+        incarnation: u64,
+        source: &NodeName,
+        relay: &NodeName,
+        dead: bool,
+        now: Time,
+    ) -> bool {
+        let window = self.evidence_window();
+        let Some(member) = self.members.get(name) else {
+            return false;
+        };
+        if !member.state.is_live() || incarnation != member.incarnation {
+            return false;
+        }
+        let evident = dead
+            && member
+                .heard_at
+                .is_some_and(|t| now.saturating_since(t) < window);
+        if evident && member.told_above <= incarnation {
+            let addr = member.addr;
+            if let Some(m) = self.members.get_mut(name) {
+                m.told_above = incarnation.saturating_add(1);
+            }
+            let claim = Update::Dead {
+                name: name.clone(),
+                incarnation,
+                source: source.clone(),
+            };
+            self.tell(name.clone(), addr, claim);
+        }
+        if evident || self.across_a_cut(source, now) || self.across_a_cut(relay, now) {
+            self.counters.accusations_dropped += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Tells `name` of `claim` about it in a Ping of its own, so it refutes even if gossip
+    /// about it is slow; its Ack is more evidence that it is up.
+    fn tell(&mut self, name: NodeName, addr: SocketAddr, claim: Update) {
+        let seq = self.next_seq();
+        let ping = Probe::Ping {
+            seq,
+            addr: self.addr,
+        };
+        let to = Target {
+            addr,
+            name: Some(name),
+        };
+        self.send_datagram(to, ping, Some(claim));
     }
 
     /// Claims a higher incarnation than anything said about us, and persists it so a restart

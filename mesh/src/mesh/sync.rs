@@ -268,6 +268,7 @@ impl<S: Store> Mesh<S> {
     }
 
     pub(super) fn on_message(&mut self, from: NodeName, message: Message, now: Time) {
+        self.heard_from(&from, now);
         let reply_to = Target {
             addr: message.addr,
             name: Some(from.clone()),
@@ -395,7 +396,10 @@ impl<S: Store> Mesh<S> {
         match state {
             MemberState::Alive => self.on_alive(name, addr, incarnation, now),
             MemberState::Suspect | MemberState::Dead => {
-                self.on_suspect(name, incarnation, from.clone(), now)
+                let dead = state == MemberState::Dead;
+                if !self.doubts(&name, incarnation, from, from, dead, now) {
+                    self.on_suspect(name, incarnation, from.clone(), now);
+                }
             }
             MemberState::Left => self.on_left(name, incarnation, now),
         }

@@ -500,11 +500,13 @@ fn a_leave_stores_the_members_known_at_once() {
 #[test]
 fn an_expelled_member_is_dead_here_at_once_and_the_verdict_spreads() {
     // A node blocklisted everywhere leaves this node's view now, and the others hear of it by
-    // gossip, long before their own probes would run a suspicion out.
+    // gossip, long before their own probes would run a suspicion out. (Those that heard from
+    // it within the evidence window would not believe it: the cut comes first.)
     let n = 4;
     let mut net = Net::joined(n, Config::lan());
     let expelled = 3;
     net.partition(&[0, 1, 2], &[expelled]);
+    net.run_for(Duration::from_millis(3_100));
     net.command(
         0,
         Command::Expel {
@@ -524,6 +526,217 @@ fn an_expelled_member_is_dead_here_at_once_and_the_verdict_spreads() {
         },
     );
     assert_eq!(net.mesh(0).counters().deaths_declared, 1);
+}
+
+fn dead(i: usize, incarnation: u64, source: usize) -> Update {
+    Update::Dead {
+        name: name(i),
+        incarnation,
+        source: name(source),
+    }
+}
+
+/// The datagrams among `outputs` that went to node `to`.
+fn datagrams_to(outputs: &[Output], to: usize) -> Vec<Datagram> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Datagram { to: t, bytes } if t.addr == addr(to) => {
+                codec::decode_datagram(bytes, 1 << 16).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_death_claim_about_a_member_heard_within_the_evidence_window_is_dropped_and_it_is_told() {
+    // Node 1 spoke to us a second ago: a claim of its death is false here, whoever makes it.
+    // We keep it alive, pass nothing on, and tell it once so it refutes; once it has been
+    // silent longer than the window, the same claim lands.
+    let mut mesh = lone(Config::lan());
+    let t = Time::from_secs;
+    feed(&mut mesh, 1, gossip(vec![alive(1, 5), alive(2, 5)]), t(1));
+    feed(&mut mesh, 2, gossip(vec![]), t(1));
+    drain_all(&mut mesh);
+    feed(&mut mesh, 2, gossip(vec![dead(1, 5, 2)]), t(2));
+    let state = |m: &Mesh<MemStore>| m.member(&name(1)).map(|m| m.state);
+    assert_eq!(state(&mesh), Some(MemberState::Alive));
+    assert_eq!(mesh.counters().accusations_dropped, 1);
+    let told = datagrams_to(&drain_all(&mut mesh), 1);
+    assert!(
+        told.iter()
+            .any(|d| matches!(d.probe, Probe::Ping { .. })
+                && d.updates.first() == Some(&dead(1, 5, 2))),
+        "the accused was not told: {told:?}"
+    );
+    assert!(
+        mesh.broadcast_queue_len() <= 2,
+        "the claim was queued onward"
+    );
+    // A second claim is dropped too, but the accused is not told twice.
+    feed(&mut mesh, 2, gossip(vec![dead(1, 5, 2)]), t(2));
+    let again = datagrams_to(&drain_all(&mut mesh), 1);
+    assert!(!again.iter().any(|d| d.updates.contains(&dead(1, 5, 2))));
+    assert_eq!(mesh.counters().accusations_dropped, 2);
+    // Silent for longer than the window (three probe periods): the claim is believed.
+    feed(
+        &mut mesh,
+        2,
+        gossip(vec![dead(1, 5, 2)]),
+        t(4) + Duration::from_millis(100),
+    );
+    assert_eq!(state(&mesh), Some(MemberState::Dead));
+}
+
+#[test]
+fn accusations_from_across_a_healed_cut_are_dropped_until_the_accused_could_refute() {
+    // Node 3 was dead here (a cut) and just came back: what it says about node 2, whom we
+    // held alive all along, may be from before the heal, whether it says it itself or
+    // another node relays its claim. After `gossip_to_dead` it is believed again, and a claim
+    // at a higher incarnation than ours is news at once.
+    let config = Config::lan();
+    let mut mesh = lone(config.clone());
+    let t = Time::from_secs;
+    feed(
+        &mut mesh,
+        1,
+        gossip(vec![alive(1, 5), alive(2, 5), alive(3, 5)]),
+        t(0),
+    );
+    feed(&mut mesh, 1, gossip(vec![dead(3, 5, 1)]), t(10));
+    feed(&mut mesh, 3, gossip(vec![alive(3, 6)]), t(20));
+    let state = |m: &Mesh<MemStore>, i| m.member(&name(i)).map(|m| m.state);
+    assert_eq!(state(&mesh, 3), Some(MemberState::Alive));
+    feed(&mut mesh, 3, gossip(vec![dead(2, 5, 3)]), t(21));
+    let relayed = Update::Suspect {
+        name: name(2),
+        incarnation: 5,
+        source: name(3),
+    };
+    feed(&mut mesh, 1, gossip(vec![relayed]), t(22));
+    assert_eq!(state(&mesh, 2), Some(MemberState::Alive));
+    assert_eq!(mesh.counters().accusations_dropped, 2);
+    let newer = Update::Suspect {
+        name: name(1),
+        incarnation: 6,
+        source: name(3),
+    };
+    feed(&mut mesh, 3, gossip(vec![newer]), t(23));
+    assert_eq!(state(&mesh, 1), Some(MemberState::Suspect));
+    let later = t(20) + config.gossip_to_dead + Duration::from_secs(1);
+    feed(&mut mesh, 3, gossip(vec![dead(2, 5, 3)]), later);
+    assert_eq!(state(&mesh, 2), Some(MemberState::Dead));
+}
+
+#[test]
+fn a_suspicion_waits_while_its_member_still_speaks_and_ends_when_it_falls_silent() {
+    // Node 1 is suspected (its Acks do not reach us) yet its gossip does: it is up, so the
+    // timeout tells it again and waits. When its frames stop, the suspicion runs out as soon
+    // as the last one is older than the evidence window.
+    let mut mesh = lone(Config::lan());
+    let t = Time::from_secs;
+    feed(&mut mesh, 1, gossip(vec![alive(1, 5), alive(2, 5)]), t(0));
+    let suspect = Update::Suspect {
+        name: name(1),
+        incarnation: 5,
+        source: name(2),
+    };
+    feed(&mut mesh, 2, gossip(vec![suspect]), t(5));
+    let state = |m: &Mesh<MemStore>| m.member(&name(1)).map(|m| m.state);
+    assert_eq!(state(&mesh), Some(MemberState::Suspect));
+    let mut told = 0;
+    let mut now = t(5);
+    // Longer than the longest suspicion (six times the minimum of four periods).
+    while now < t(40) {
+        now = now + Duration::from_millis(500);
+        feed(&mut mesh, 1, gossip(vec![]), now);
+        if let Some(due) = mesh.poll_timeout().filter(|d| *d <= now) {
+            mesh.handle_timeout(due.max(now));
+        }
+        let outputs = drain_all(&mut mesh);
+        told += datagrams_to(&outputs, 1)
+            .iter()
+            .filter(|d| matches!(d.updates.first(), Some(Update::Suspect { .. })))
+            .count();
+        assert_eq!(state(&mesh), Some(MemberState::Suspect), "at {now:?}");
+    }
+    assert!(told > 0, "the suspect was never told");
+    let dead_at = loop {
+        now = now + Duration::from_millis(500);
+        mesh.handle_timeout(now);
+        drain_all(&mut mesh);
+        if state(&mesh) == Some(MemberState::Dead) {
+            break now;
+        }
+        assert!(now < t(80), "the suspicion never ran out");
+    };
+    // Its last frame is evidence for the three periods of the window, then the verdict lands.
+    assert!(
+        dead_at > t(42),
+        "dead at {dead_at:?}, within the evidence window"
+    );
+    assert!(dead_at <= t(44), "dead only at {dead_at:?}");
+}
+
+#[test]
+fn gossip_sends_one_recently_dead_target_at_most_and_fills_fewer_datagrams_for_less_news() {
+    // Half the members are recently dead (a cut): gossip still reaches the live half, with
+    // at most one datagram a round to the dead. And a round whose news fits one datagram
+    // sends one, not `gossip_fanout`.
+    let config = Config::lan();
+    let mut mesh = lone(config.clone());
+    let t = Time::from_secs;
+    let live: Vec<usize> = (1..=10).collect();
+    let gone: Vec<usize> = (11..=20).collect();
+    let all = live.iter().chain(&gone).map(|&i| alive(i, 1)).collect();
+    feed(&mut mesh, 1, gossip(all), t(0));
+    drain_all(&mut mesh);
+    // A round a little later, with the queue full of the join's news.
+    let mut now = t(0);
+    for _ in 0..3 {
+        now = now + config.gossip_interval;
+        mesh.handle_timeout(now);
+    }
+    drain_all(&mut mesh);
+    let deaths = gone.iter().map(|&i| dead(i, 1, 1)).collect();
+    feed(&mut mesh, 1, gossip(deaths), t(5));
+    drain_all(&mut mesh);
+    let (mut rounds, mut to_live) = (0, 0);
+    let mut per_round = BTreeMap::<Time, (usize, usize)>::new();
+    now = t(5);
+    while now < t(8) {
+        now = now + Duration::from_millis(50);
+        if mesh.poll_timeout().is_some_and(|d| d <= now) {
+            mesh.handle_timeout(now);
+        }
+        for o in drain_all(&mut mesh) {
+            let Output::Datagram { to, bytes } = &o else {
+                continue;
+            };
+            let d = codec::decode_datagram(bytes, 1 << 16).unwrap();
+            if d.probe != Probe::Gossip {
+                continue;
+            }
+            let i = (1..=20).find(|&i| addr(i) == to.addr).unwrap();
+            let slot = per_round.entry(now).or_default();
+            if gone.contains(&i) {
+                slot.0 += 1;
+            } else {
+                slot.1 += 1;
+                to_live += 1;
+            }
+        }
+    }
+    for (at, (dead, live)) in &per_round {
+        assert!(*dead <= 1, "{dead} dead targets in the round at {at:?}");
+        assert!(dead + live <= config.gossip_fanout);
+        rounds += 1;
+    }
+    assert!(rounds > 0 && to_live > 0, "no gossip reached the living");
+    // Ten Dead updates fit one datagram: the rounds on the tick send one each.
+    let single = per_round.values().filter(|(d, l)| d + l == 1).count();
+    assert!(single * 2 >= rounds, "rounds {per_round:?}");
 }
 
 /// Times at which `node` sent a Ping of its own (not a relayed one) to anyone.

@@ -380,6 +380,7 @@ impl Actor {
                 "probes_failed": counters.probes_failed,
                 "deaths_declared": counters.deaths_declared,
                 "refutations": counters.refutations,
+                "accusations_dropped": counters.accusations_dropped,
                 "identity_mismatches": peers.identity_mismatches,
                 "handshakes_committed": peers.handshakes_committed,
                 "handshakes_aborted": peers.handshakes_aborted,
