@@ -13,6 +13,8 @@
 //! - `tombstones`: collecting dead and departed members and deleted entries;
 //! - `persist`: the sample of members kept in the store for a rejoin without seeds.
 //!
+//! The leaf `ring` orders the live members for the probe schedule.
+//!
 //! Leaf modules hold the data structures those share: `members` (the member table and the
 //! roster of live members), `broadcast` (the piggyback queue), `digest` (bucket hashes),
 //! `entries` (one owner's replicated state),
@@ -34,6 +36,7 @@ use broadcast::Broadcasts;
 use digest::Digest;
 use entries::StateMap;
 use members::Members;
+use ring::Ring;
 use state::Onward;
 
 pub use api::{Command, Counters, Event, Input, Member, Output, StateEntry, Target};
@@ -135,8 +138,14 @@ pub struct Mesh<S> {
     timers: BTreeMap<(Time, u64), Timer>,
     timer_seq: u64,
     outputs: VecDeque<Output>,
-    probe_order: Vec<NodeName>,
-    probe_next: usize,
+    /// The probe schedule: the ring of live members it draws each period's target from.
+    ring: Ring,
+    /// Microseconds of the wall clock at `Time::ZERO`: probe periods begin at the same
+    /// instants on every node whose clock is right (see [`Mesh::set_wall_epoch`]).
+    wall_epoch: u64,
+    /// Where in each probe period this node's tick falls: within the first tenth, so the
+    /// period's probes go out together and the next prober is at most a period away.
+    probe_phase: u64,
     probe: Option<Probing>,
     seq: u32,
     relays: BTreeMap<u32, Relay>,
@@ -232,8 +241,9 @@ impl<S: Store> Mesh<S> {
             timers: BTreeMap::new(),
             timer_seq: 0,
             outputs: VecDeque::new(),
-            probe_order: Vec::new(),
-            probe_next: 0,
+            ring: Ring::default(),
+            wall_epoch: 0,
+            probe_phase: 0,
             probe: None,
             seq: 0,
             relays: BTreeMap::new(),
@@ -250,8 +260,11 @@ impl<S: Store> Mesh<S> {
             counters,
             config,
         };
-        // Random phases keep nodes started together from probing and syncing in lockstep.
-        let probe_at = now + mesh.jitter(mesh.config.probe_interval);
+        // Probe ticks come at the start of each probe period, at this node's phase: the
+        // schedule needs every node's period q at about the same time. Syncs keep random
+        // phases, so that nodes started together do not sync in lockstep.
+        mesh.probe_phase = micros(mesh.jitter(mesh.config.probe_interval / 10));
+        let probe_at = mesh.probe_tick_after(now, 1).0;
         // The first anti-entropy round comes a couple of probe periods after the start: by then
         // a joining node has heard of most members by gossip, and one sync fills in whatever its
         // join push/pull missed (its seed may not have known everyone yet). Later rounds come
@@ -302,6 +315,14 @@ impl<S: Store> Mesh<S> {
                 Ok(())
             }
         }
+    }
+
+    /// Says what the wall clock read at `Time::ZERO`, in microseconds since the Unix epoch,
+    /// so that probe periods begin at the same instants on every node and the probe schedule
+    /// probes each member once a period. Drivers whose nodes share one virtual clock (the
+    /// simulator) need not call it. Takes effect from the next probe tick.
+    pub fn set_wall_epoch(&mut self, unix_micros: u64) {
+        self.wall_epoch = unix_micros;
     }
 
     /// When [`Mesh::handle_timeout`] should be called next.
@@ -639,6 +660,7 @@ mod entries;
 mod members;
 mod membership;
 mod persist;
+mod ring;
 mod state;
 mod suspicion;
 mod sync;

@@ -130,7 +130,9 @@ impl<S: Store> Node<S> {
         now: Time,
         wall_start_ms: u64,
     ) -> Result<Self, Error> {
-        let mesh = Mesh::new(config, me.clone(), advertise, store, rng_seed, now)?;
+        let mut mesh = Mesh::new(config, me.clone(), advertise, store, rng_seed, now)?;
+        // Probe periods on the wall clock, alike on every node (the probe schedule).
+        mesh.set_wall_epoch(wall_start_ms.saturating_mul(1_000));
         let peers = Peers::load(me, mesh.incarnation(), peers_config, mesh.store(), now)?;
         let mut node = Node {
             mesh,

@@ -89,6 +89,8 @@ pub(super) struct Members {
     /// of inserts and removes, so it is deterministic. Each live member's place in it is its
     /// entry's `live_at`.
     live: Vec<u32>,
+    /// Bumped by every change of the roster or of the positions in it.
+    roster_version: u64,
 }
 
 impl Members {
@@ -101,6 +103,7 @@ impl Members {
             positions: HashTable::new(),
             hasher: FixedState::with_seed(seed),
             live: Vec::new(),
+            roster_version: 0,
         }
     }
 
@@ -143,6 +146,8 @@ impl Members {
     /// Removes `name`, from the roster too; the last entry takes its place.
     pub(super) fn remove(&mut self, name: &NodeName) -> Option<MemberEntry> {
         self.set_not_live(name);
+        // The last entry moves into the freed position.
+        self.roster_version += 1;
         let hash = self.hasher.hash_one(name);
         let entries = &self.entries;
         let found = self
@@ -177,6 +182,7 @@ impl Members {
         {
             member.live_at = place;
             self.live.push(at as u32);
+            self.roster_version += 1;
         }
     }
 
@@ -191,9 +197,25 @@ impl Members {
         }
         let place = place as usize;
         self.live.swap_remove(place);
+        self.roster_version += 1;
         if let Some(&moved) = self.live.get(place) {
             self.entries[moved as usize].1.live_at = place as u32;
         }
+    }
+
+    /// Changes whenever the roster, or a position in it, changes.
+    pub(super) fn roster_version(&self) -> u64 {
+        self.roster_version
+    }
+
+    /// The positions of the live members.
+    pub(super) fn live_positions(&self) -> &[u32] {
+        &self.live
+    }
+
+    /// The name at position `at`, which must be a position of the table.
+    pub(super) fn name_at(&self, at: u32) -> &NodeName {
+        &self.entries[at as usize].0
     }
 
     /// Members in the roster.
@@ -202,6 +224,7 @@ impl Members {
     }
 
     /// The names in the roster, in its order.
+    #[cfg(test)]
     pub(super) fn live_names(&self) -> impl Iterator<Item = &NodeName> {
         self.live.iter().map(|&at| &self.entries[at as usize].0)
     }

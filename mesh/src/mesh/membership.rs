@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use super::members::MemberEntry;
 use super::suspicion::Suspicion;
-use rand::Rng;
-
-use super::{INCARNATION_KEY, Mesh, Probing, Relay, Timer, shuffle};
+use super::{INCARNATION_KEY, Mesh, Probing, Relay, Timer};
 use crate::codec::{Datagram, MemberState, Probe, Update};
 use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
@@ -37,8 +35,9 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let stretch = self.stretch();
-        self.schedule(now + self.config.probe_interval * stretch, Timer::Probe);
-        let Some(target) = self.next_probe_target() else {
+        let (next, period) = self.probe_tick_after(now, stretch);
+        self.schedule(next, Timer::Probe);
+        let Some(target) = self.ring.target(&self.members, &self.me, period) else {
             return;
         };
         let Some(member) = self.members.get(&target) else {
@@ -106,22 +105,18 @@ impl<S: Store> Mesh<S> {
         }
     }
 
-    fn next_probe_target(&mut self) -> Option<NodeName> {
-        // Each pass visits every live member once, in a fresh random order.
-        for _ in 0..2 {
-            while self.probe_next < self.probe_order.len() {
-                let name = self.probe_order[self.probe_next].clone();
-                self.probe_next += 1;
-                if self.members.get(&name).is_some_and(|m| m.state.is_live()) {
-                    return Some(name);
-                }
-            }
-            let mut order: Vec<NodeName> = self.members.live_names().cloned().collect();
-            shuffle(&mut self.rng, &mut order);
-            self.probe_order = order;
-            self.probe_next = 0;
-        }
-        None
+    /// The tick `periods` probe periods after the one `now` is in, and the number of the
+    /// period `now` is in. Periods are counted on the wall clock (see [`Mesh::set_wall_epoch`])
+    /// and each node ticks at its phase within them.
+    pub(super) fn probe_tick_after(&self, now: Time, periods: u32) -> (Time, u64) {
+        let interval = micros(self.config.probe_interval).max(1);
+        let wall = now.as_micros().saturating_add(self.wall_epoch);
+        let period = wall.saturating_sub(self.probe_phase) / interval;
+        let next = (period + u64::from(periods))
+            .saturating_mul(interval)
+            .saturating_add(self.probe_phase)
+            .saturating_sub(self.wall_epoch);
+        (Time::from_micros(next.max(now.as_micros() + 1)), period)
     }
 
     pub(super) fn on_probe_timeout(&mut self, seq: u32) {
@@ -264,14 +259,6 @@ impl<S: Store> Mesh<S> {
         }
     }
 
-    fn add_to_probe_order(&mut self, name: NodeName) {
-        // A random slot among the members not yet probed this round, as SWIM's round-robin
-        // with random insertion prescribes.
-        let start = self.probe_next.min(self.probe_order.len());
-        let at = self.rng.random_range(start..=self.probe_order.len());
-        self.probe_order.insert(at, name);
-    }
-
     fn suspicion_bounds(&self) -> (Duration, Duration, u32) {
         let n = self.live_count();
         let scale = (n as f64).log10().max(1.0);
@@ -308,7 +295,6 @@ impl<S: Store> Mesh<S> {
                     .insert(name.clone(), MemberEntry::alive(addr, incarnation, now));
                 self.roster_grew = true;
                 self.members.set_live(&name);
-                self.add_to_probe_order(name.clone());
             }
             Some(member) => {
                 if incarnation <= member.incarnation {
@@ -333,7 +319,6 @@ impl<S: Store> Mesh<S> {
                 if !was.is_live() {
                     member.returned_at = Some(now);
                     self.members.set_live(&name);
-                    self.add_to_probe_order(name.clone());
                 }
             }
         }
