@@ -528,6 +528,14 @@ fn an_expelled_member_is_dead_here_at_once_and_the_verdict_spreads() {
     assert_eq!(net.mesh(0).counters().deaths_declared, 1);
 }
 
+fn suspect(i: usize, incarnation: u64, source: usize) -> Update {
+    Update::Suspect {
+        name: name(i),
+        incarnation,
+        source: name(source),
+    }
+}
+
 fn dead(i: usize, incarnation: u64, source: usize) -> Update {
     Update::Dead {
         name: name(i),
@@ -609,19 +617,11 @@ fn accusations_from_across_a_healed_cut_are_dropped_until_the_accused_could_refu
     let state = |m: &Mesh<MemStore>, i| m.member(&name(i)).map(|m| m.state);
     assert_eq!(state(&mesh, 3), Some(MemberState::Alive));
     feed(&mut mesh, 3, gossip(vec![dead(2, 5, 3)]), t(21));
-    let relayed = Update::Suspect {
-        name: name(2),
-        incarnation: 5,
-        source: name(3),
-    };
+    let relayed = suspect(2, 5, 3);
     feed(&mut mesh, 1, gossip(vec![relayed]), t(22));
     assert_eq!(state(&mesh, 2), Some(MemberState::Alive));
     assert_eq!(mesh.counters().accusations_dropped, 2);
-    let newer = Update::Suspect {
-        name: name(1),
-        incarnation: 6,
-        source: name(3),
-    };
+    let newer = suspect(1, 6, 3);
     feed(&mut mesh, 3, gossip(vec![newer]), t(23));
     assert_eq!(state(&mesh, 1), Some(MemberState::Suspect));
     let later = t(20) + config.gossip_to_dead + Duration::from_secs(1);
@@ -637,11 +637,7 @@ fn a_suspicion_waits_while_its_member_still_speaks_and_ends_when_it_falls_silent
     let mut mesh = lone(Config::lan());
     let t = Time::from_secs;
     feed(&mut mesh, 1, gossip(vec![alive(1, 5), alive(2, 5)]), t(0));
-    let suspect = Update::Suspect {
-        name: name(1),
-        incarnation: 5,
-        source: name(2),
-    };
+    let suspect = suspect(1, 5, 2);
     feed(&mut mesh, 2, gossip(vec![suspect]), t(5));
     let state = |m: &Mesh<MemStore>| m.member(&name(1)).map(|m| m.state);
     assert_eq!(state(&mesh), Some(MemberState::Suspect));
