@@ -46,8 +46,9 @@ pub(super) struct MemberEntry {
     /// When it last came back to life here after being dead or gone: until then this node
     /// and it were cut apart, and its news about the others may be from before the heal.
     pub(super) returned_at: Option<Time>,
-    /// One more than the incarnation at which this node last told it of a death claim this
-    /// node knew to be false, so it is told once per incarnation however many claims arrive.
+    /// One more than the incarnation at which this node last told it of a claim against it
+    /// while it was speaking to this node, so it is told once per incarnation however many
+    /// claims arrive.
     pub(super) told_above: u64,
 }
 

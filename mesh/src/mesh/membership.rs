@@ -10,10 +10,10 @@ use std::time::Duration;
 use super::members::MemberEntry;
 use super::suspicion::Suspicion;
 use super::{INCARNATION_KEY, Mesh, Probing, Relay, Timer};
-use crate::codec::{Datagram, MemberState, Probe, Update};
+use crate::codec::{self, Datagram, MemberState, Probe, Update};
 use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
-use crate::{Event, NodeName, Target, Time};
+use crate::{Event, NodeName, Output, Target, Time};
 
 /// Probe periods within which a frame from a member proves it up against a claim of its
 /// death (see [`Mesh::doubts`]).
@@ -557,9 +557,16 @@ impl<S: Store> Mesh<S> {
     /// Whether to drop a claim that `name` is suspect (or, with `dead`, dead) at
     /// `incarnation`, first made by `source` and brought here by `relay`. Only a claim at the
     /// incarnation this node holds live is in question: a higher one is news, a lower one is
-    /// ignored anyway. It is dropped, and not passed on, when
-    /// - it says dead and `name` spoke to this node within the evidence window: this node tells
-    ///   it (Lifeguard's buddy system) so it refutes at once, and the verdict lands nowhere;
+    /// ignored anyway.
+    ///
+    /// If `name` spoke to this node within the last probe period (for a death claim, within the
+    /// evidence window), this node tells it (Lifeguard's buddy system), once per incarnation, so
+    /// it refutes at once: gossip reaches one member in N per transmission, and an accused that
+    /// only some nodes can reach may hear of its suspicion from none of them before the
+    /// verdict. The claim is dropped,
+    /// and not passed on, when
+    /// - it says dead and `name` spoke to this node within the window: the verdict lands
+    ///   nowhere that has evidence against it;
     /// - its accuser or its relay speaks from across a cut: the accused hears the claim from
     ///   them too and refutes, and meanwhile the nodes that could reach it all along keep it.
     pub(super) fn doubts(
@@ -578,23 +585,36 @@ impl<S: Store> Mesh<S> {
         if !member.state.is_live() || incarnation != member.incarnation {
             return false;
         }
-        let evident = dead
-            && member
-                .heard_at
-                .is_some_and(|t| now.saturating_since(t) < window);
-        if evident && member.told_above <= incarnation {
+        let heard = member
+            .heard_at
+            .is_some_and(|t| now.saturating_since(t) < window);
+        // A suspicion comes a probe timeout at least after the silence it reports, so a member
+        // heard within the last period is up; one heard only before that may have crashed since.
+        let lately = member
+            .heard_at
+            .is_some_and(|t| now.saturating_since(t) < self.config.probe_interval);
+        if (heard && dead || lately) && member.told_above <= incarnation {
             let addr = member.addr;
             if let Some(m) = self.members.get_mut(name) {
                 m.told_above = incarnation.saturating_add(1);
             }
-            let claim = Update::Dead {
-                name: name.clone(),
-                incarnation,
-                source: source.clone(),
+            let (name, source) = (name.clone(), source.clone());
+            let claim = if dead {
+                Update::Dead {
+                    name: name.clone(),
+                    incarnation,
+                    source,
+                }
+            } else {
+                Update::Suspect {
+                    name: name.clone(),
+                    incarnation,
+                    source,
+                }
             };
-            self.tell(name.clone(), addr, claim);
+            self.tell(name, addr, claim);
         }
-        if evident || self.across_a_cut(source, now) || self.across_a_cut(relay, now) {
+        if (dead && heard) || self.across_a_cut(source, now) || self.across_a_cut(relay, now) {
             self.counters.accusations_dropped += 1;
             return true;
         }
@@ -602,7 +622,9 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Tells `name` of `claim` about it in a Ping of its own, so it refutes even if gossip
-    /// about it is slow; its Ack is more evidence that it is up.
+    /// about it is slow; its Ack is more evidence that it is up. The Ping carries the claim
+    /// alone: the accused may have crashed, and queued news sent there would lose a
+    /// transmission that a live member needs.
     fn tell(&mut self, name: NodeName, addr: SocketAddr, claim: Update) {
         let seq = self.next_seq();
         let ping = Probe::Ping {
@@ -613,7 +635,11 @@ impl<S: Store> Mesh<S> {
             addr,
             name: Some(name),
         };
-        self.send_datagram(to, ping, Some(claim));
+        let bytes = codec::encode_datagram(&Datagram {
+            probe: ping,
+            updates: vec![claim],
+        });
+        self.push_output(Output::Datagram { to, bytes });
     }
 
     /// Claims a higher incarnation than anything said about us, and persists it so a restart

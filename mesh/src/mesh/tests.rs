@@ -598,6 +598,56 @@ fn a_death_claim_about_a_member_heard_within_the_evidence_window_is_dropped_and_
 }
 
 #[test]
+fn a_suspicion_of_a_member_heard_within_the_last_period_is_told_to_it_once() {
+    // Node 1 spoke to us half a second ago when node 2's suspicion of it arrives: we hold it
+    // suspect, as SWIM says, but tell it at once in a Ping that carries the claim alone, so
+    // it refutes even if no gossip about it reaches it. Node 3 was last heard two periods
+    // ago, and may have crashed since: it is not told.
+    let mut mesh = lone(Config::lan());
+    let t = Time::from_millis;
+    feed(
+        &mut mesh,
+        1,
+        gossip(vec![alive(1, 5), alive(2, 5), alive(3, 5)]),
+        t(0),
+    );
+    feed(&mut mesh, 3, gossip(vec![]), t(1_000));
+    feed(&mut mesh, 1, gossip(vec![]), t(2_500));
+    drain_all(&mut mesh);
+    feed(
+        &mut mesh,
+        2,
+        gossip(vec![suspect(1, 5, 2), suspect(3, 5, 2)]),
+        t(3_000),
+    );
+    let state = |m: &Mesh<MemStore>, i| m.member(&name(i)).map(|m| m.state);
+    assert_eq!(state(&mesh, 1), Some(MemberState::Suspect));
+    assert_eq!(state(&mesh, 3), Some(MemberState::Suspect));
+    let outputs = drain_all(&mut mesh);
+    let told = datagrams_to(&outputs, 1);
+    assert!(
+        told.iter()
+            .any(|d| matches!(d.probe, Probe::Ping { .. }) && d.updates == vec![suspect(1, 5, 2)]),
+        "the accused was not told: {told:?}"
+    );
+    assert!(
+        !datagrams_to(&outputs, 3)
+            .iter()
+            .any(|d| d.updates.contains(&suspect(3, 5, 2))),
+        "a member silent for two periods was told"
+    );
+    // A confirmation from another node: already told at this incarnation.
+    feed(&mut mesh, 3, gossip(vec![suspect(1, 5, 3)]), t(3_100));
+    let again = datagrams_to(&drain_all(&mut mesh), 1);
+    assert!(
+        !again
+            .iter()
+            .any(|d| matches!(d.probe, Probe::Ping { .. }) && d.updates.len() == 1),
+        "the accused was told twice: {again:?}"
+    );
+}
+
+#[test]
 fn accusations_from_across_a_healed_cut_are_dropped_until_the_accused_could_refute() {
     // Node 3 was dead here (a cut) and just came back: what it says about node 2, whom we
     // held alive all along, may be from before the heal, whether it says it itself or
