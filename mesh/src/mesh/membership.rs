@@ -563,8 +563,7 @@ impl<S: Store> Mesh<S> {
     /// evidence window), this node tells it (Lifeguard's buddy system), once per incarnation, so
     /// it refutes at once: gossip reaches one member in N per transmission, and an accused that
     /// only some nodes can reach may hear of its suspicion from none of them before the
-    /// verdict. The claim is dropped,
-    /// and not passed on, when
+    /// verdict. The claim is dropped, and not passed on, when
     /// - it says dead and `name` spoke to this node within the window: the verdict lands
     ///   nowhere that has evidence against it;
     /// - its accuser or its relay speaks from across a cut: the accused hears the claim from
@@ -585,15 +584,13 @@ impl<S: Store> Mesh<S> {
         if !member.state.is_live() || incarnation != member.incarnation {
             return false;
         }
-        let heard = member
-            .heard_at
-            .is_some_and(|t| now.saturating_since(t) < window);
+        let since = member.heard_at.map(|t| now.saturating_since(t));
+        let heard = since.is_some_and(|d| d < window);
         // A suspicion comes a probe timeout at least after the silence it reports, so a member
         // heard within the last period is up; one heard only before that may have crashed since.
-        let lately = member
-            .heard_at
-            .is_some_and(|t| now.saturating_since(t) < self.config.probe_interval);
-        if (heard && dead || lately) && member.told_above <= incarnation {
+        let period = self.config.probe_interval;
+        let tell_within = if dead { window.max(period) } else { period };
+        if since.is_some_and(|d| d < tell_within) && member.told_above <= incarnation {
             let addr = member.addr;
             if let Some(m) = self.members.get_mut(name) {
                 m.told_above = incarnation.saturating_add(1);
