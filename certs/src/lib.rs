@@ -12,10 +12,15 @@
 //!    WebPKI verifiers and also refuse blocklisted fingerprints and certificates whose identity is
 //!    not exactly one node of this mesh.
 //! 4. After a QUIC handshake, [`MeshTls::peer_node`] reads the authenticated node name of the other side.
+//! 5. For claims that travel further than one connection, a node signs with the
+//!    [`ClaimSigner`] from [`NodeIdentity::claim_signer`]. A receiver admits the signer's
+//!    certificate with [`MeshTls::admit_certificate`], takes its key with [`claim_key`] and
+//!    checks each claim with [`verify_claim`].
 //!
-//! This crate opens no sockets and knows nothing of gossip.
+//! This crate opens no sockets and knows nothing of gossip: a claim is opaque bytes here.
 
 mod authority;
+mod claims;
 mod files;
 mod identity;
 mod names;
@@ -23,6 +28,7 @@ mod tls;
 
 pub use authority::{BACKDATE, DEFAULT_NODE_DAYS};
 pub use authority::{CaValidity, DEFAULT_CA_DAYS, MeshCa, NodeCertOptions, NodeCertificate};
+pub use claims::{CLAIM_KEY_LEN, CLAIM_SIGNATURE_LEN, ClaimSigner, claim_key, verify_claim};
 pub use files::{FileMode, read_certs, read_key, write_file};
 pub use identity::{CertInfo, Fingerprint, NodeIdentityClaim, fingerprint};
 pub use names::{LABEL_LEN_MAX, LABEL_RULE, MeshName, NodeName};
@@ -66,6 +72,9 @@ pub enum Error {
     /// A certificate's identity is not exactly one `spiffe://<mesh>/node/<node>` URI.
     #[error("malformed identity: {0}")]
     Identity(String),
+    /// A key cannot sign or check claims: it is not ECDSA P-256, or not the certificate's key.
+    #[error("unusable key: {0}")]
+    Key(String),
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),

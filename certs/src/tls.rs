@@ -18,6 +18,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCer
 use rustls::{OtherError, SignatureScheme};
 
 use crate::authority::file_names;
+use crate::claims::ClaimSigner;
 use crate::files::{read_certs, read_key};
 use crate::identity::{Fingerprint, NodeIdentityClaim, ca_mesh, fingerprint};
 use crate::{Error, MeshName, NodeName, Result};
@@ -79,6 +80,17 @@ impl NodeIdentity {
             key,
         })
     }
+
+    /// A signer for this node's own claims, made from `node.key`. Fails if the key is not the
+    /// PKCS#8 ECDSA P-256 key of the leaf certificate, as `podmesh certs issue` writes it.
+    pub fn claim_signer(&self) -> Result<ClaimSigner> {
+        // `chain` is a public field, so the check `new` made may no longer hold.
+        let leaf = self
+            .chain
+            .first()
+            .ok_or_else(|| Error::Malformed("node.crt holds no certificate".into()))?;
+        ClaimSigner::new(&self.key, leaf)
+    }
 }
 
 /// Which server a client expects to reach.
@@ -98,6 +110,9 @@ pub struct MeshTls {
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     blocklist: Arc<BTreeSet<Fingerprint>>,
+    /// The verifiers inside `server` and `client`, kept so that admitting a certificate received
+    /// outside a handshake does not rebuild them (and their root store) every time.
+    verifiers: Verifiers,
     /// Fingerprints of the trusted CA certificates, to tell whether a reload changed them.
     cas: Vec<Fingerprint>,
 }
@@ -128,13 +143,12 @@ impl MeshTls {
     pub fn new(identity: &NodeIdentity, blocklist: BTreeSet<Fingerprint>) -> Result<Self> {
         let mesh = identity.claim.mesh.clone();
         let blocklist = Arc::new(blocklist);
-        let (client_verifier, server_verifier) =
-            verifiers(&identity.ca_certs, mesh.clone(), blocklist.clone())?;
+        let verifiers = verifiers(&identity.ca_certs, mesh.clone(), blocklist.clone())?;
 
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
-            .with_client_cert_verifier(client_verifier)
+            .with_client_cert_verifier(verifiers.0.clone())
             .with_single_cert(identity.chain.clone(), identity.key.clone_key())
             .map_err(config_error)?;
         server.alpn_protocols = vec![ALPN.to_vec()];
@@ -143,7 +157,7 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
             .dangerous()
-            .with_custom_certificate_verifier(server_verifier)
+            .with_custom_certificate_verifier(verifiers.1.clone())
             .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
             .map_err(config_error)?;
         client.alpn_protocols = vec![ALPN.to_vec()];
@@ -153,6 +167,7 @@ impl MeshTls {
             server: Arc::new(server),
             client: Arc::new(client),
             blocklist,
+            verifiers,
             cas: identity.ca_certs.iter().map(|c| fingerprint(c)).collect(),
         })
     }
@@ -233,6 +248,19 @@ impl MeshTls {
             )));
         }
         Ok(claim.node)
+    }
+
+    /// Checks a node certificate received outside a TLS handshake (carried in gossip, say)
+    /// exactly as a handshake with its node would: chain to the CA bundle, validity now, both
+    /// extended key usages, exactly one node identity of this mesh, the DNS SAN it implies, and
+    /// the blocklist. Returns that identity; the caller compares its node name with the name
+    /// it expected.
+    pub fn admit_certificate(&self, certificate_der: &[u8]) -> Result<NodeIdentityClaim> {
+        admit(
+            &self.verifiers,
+            &self.mesh,
+            &CertificateDer::from(certificate_der),
+        )
     }
 }
 
@@ -409,7 +437,19 @@ pub fn verify_node_certificate(
         .first()
         .ok_or_else(|| Error::Malformed("the CA bundle holds no certificate".into()))?;
     let mesh = ca_mesh(first)?;
-    let (client, server) = verifiers(ca_certs, mesh.clone(), Arc::new(blocklist.clone()))?;
+    let verifiers = verifiers(ca_certs, mesh.clone(), Arc::new(blocklist.clone()))?;
+    admit(&verifiers, &mesh, cert)
+}
+
+/// Runs `cert` through both verifiers of `mesh`: as a client certificate, then as the server
+/// of a connection dialled by the bare mesh name, which makes the server verifier also check
+/// the DNS SAN the identity implies. Node certificates are signed by a CA of the bundle
+/// directly, so there are no intermediates.
+fn admit(
+    (client, server): &Verifiers,
+    mesh: &MeshName,
+    cert: &CertificateDer<'_>,
+) -> Result<NodeIdentityClaim> {
     let now = UnixTime::now();
     client
         .verify_client_cert(cert, &[], now)

@@ -12,9 +12,53 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
+use crate::signing::SIGNATURE_LEN;
 
 /// The protocol version byte that opens every frame. Bump it on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2 signs every claim a node makes about itself (DESIGN section 2).
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// A node's signature of one of its own claims: which certificate's key made it, and the
+/// signature itself (ECDSA P-256 in its fixed form, `r` then `s`).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    key: [u8; 4],
+    r: [u8; 32],
+    s: [u8; 32],
+}
+
+impl Signature {
+    /// A signature made with the key of the certificate whose id is `key_id`
+    /// ([`crate::key_id`]).
+    pub fn new(key_id: u32, bytes: [u8; SIGNATURE_LEN]) -> Self {
+        let (r, s) = bytes.split_at(32);
+        // Invariant: 64 bytes split at 32 are two halves of 32.
+        Self {
+            key: key_id.to_le_bytes(),
+            r: r.try_into().expect("two halves of 32 bytes"),
+            s: s.try_into().expect("two halves of 32 bytes"),
+        }
+    }
+
+    /// The id of the certificate whose key made it.
+    pub fn key_id(&self) -> u32 {
+        u32::from_le_bytes(self.key)
+    }
+
+    /// The signature's 64 bytes.
+    pub fn bytes(&self) -> [u8; SIGNATURE_LEN] {
+        let mut out = [0; SIGNATURE_LEN];
+        out[..32].copy_from_slice(&self.r);
+        out[32..].copy_from_slice(&self.s);
+        out
+    }
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature(key {:08x})", self.key_id())
+    }
+}
 
 /// A member's state as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -110,31 +154,44 @@ pub(crate) enum Probe {
 /// A piggybacked membership or state update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Update {
+    /// Signed by `name`.
     Alive {
         name: NodeName,
         addr: SocketAddr,
         incarnation: u64,
+        signature: Signature,
     },
+    /// `source` suspects `name` in its life `incarnation`, in which `name` was at `addr`:
+    /// `signature` is `name`'s own, of its Alive in that life, so an accusation is only ever
+    /// at an incarnation the accused signed, and the accused can always refute.
     Suspect {
         name: NodeName,
+        addr: SocketAddr,
         incarnation: u64,
+        signature: Signature,
         source: NodeName,
     },
+    /// `source` declared `name` dead in its life `incarnation`; signed as [`Update::Suspect`].
     Dead {
         name: NodeName,
+        addr: SocketAddr,
         incarnation: u64,
+        signature: Signature,
         source: NodeName,
     },
+    /// Signed by `name`.
     Left {
         name: NodeName,
+        addr: SocketAddr,
         incarnation: u64,
+        signature: Signature,
     },
     /// Boxed: state updates are the largest and the rarest, and every queued update pays for
     /// the inline size of the largest.
     State(Box<StateRecord>),
 }
 
-/// One replicated state entry; `value` None is a deletion tombstone.
+/// One replicated state entry; `value` None is a deletion tombstone. Signed by `owner`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StateRecord {
     pub(crate) owner: NodeName,
@@ -143,15 +200,51 @@ pub(crate) struct StateRecord {
     pub(crate) version: u64,
     #[serde(deserialize_with = "opt_bytes")]
     pub(crate) value: Option<Vec<u8>>,
+    pub(crate) signature: Signature,
 }
 
-/// A member as carried by push/pull, anti-entropy and the store.
+impl StateRecord {
+    /// The bytes `owner` signed.
+    pub(crate) fn claim(&self) -> Vec<u8> {
+        claim::state(
+            &self.owner,
+            &self.key,
+            self.generation,
+            self.version,
+            self.value.as_deref(),
+        )
+    }
+}
+
+/// A member as carried by push/pull, anti-entropy and the store. `signature` is the member's
+/// own, over its Left at `addr` and `incarnation` when `state` is left, else over its Alive:
+/// whoever suspects or buries a member does so at an incarnation the member signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MemberRecord {
     pub(crate) name: NodeName,
     pub(crate) addr: SocketAddr,
     pub(crate) incarnation: u64,
     pub(crate) state: MemberState,
+    pub(crate) signature: Signature,
+}
+
+impl MemberRecord {
+    /// The bytes `name` signed.
+    pub(crate) fn claim(&self) -> Vec<u8> {
+        if self.state == MemberState::Left {
+            claim::left(&self.name, self.addr, self.incarnation)
+        } else {
+            claim::alive(&self.name, self.addr, self.incarnation)
+        }
+    }
+}
+
+/// A node's certificate (DER), as push/pull and certificate answers carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CertificateRecord {
+    pub(crate) name: NodeName,
+    #[serde(deserialize_with = "seq")]
+    pub(crate) der: Vec<u8>,
 }
 
 /// A stream message; `addr` is the sender's advertised address so the receiver can answer a
@@ -165,13 +258,16 @@ pub(crate) struct Message {
 /// The kinds of stream messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Body {
-    /// Full state transfer on join; `reply` asks the receiver for its own.
+    /// Full state transfer on join; `reply` asks the receiver for its own. `certificates`
+    /// holds the certificate of every member in `members`, so a joining node can check them.
     PushPull {
         reply: bool,
         #[serde(deserialize_with = "seq")]
         members: Vec<MemberRecord>,
         #[serde(deserialize_with = "seq")]
         entries: Vec<StateRecord>,
+        #[serde(deserialize_with = "seq")]
+        certificates: Vec<CertificateRecord>,
     },
     /// Anti-entropy step 1: the summary hash of the sender's digest.
     SyncSummary { hash: u64 },
@@ -191,6 +287,92 @@ pub(crate) enum Body {
         #[serde(deserialize_with = "seq")]
         entries: Vec<StateRecord>,
     },
+    /// Please send the certificates of these members: the sender holds claims of theirs
+    /// relayed by the receiver and cannot check them yet.
+    CertificatesWanted {
+        #[serde(deserialize_with = "seq")]
+        names: Vec<NodeName>,
+    },
+    /// The answer to [`Body::CertificatesWanted`]: the certificates the sender holds.
+    Certificates {
+        #[serde(deserialize_with = "seq")]
+        certificates: Vec<CertificateRecord>,
+    },
+}
+
+/// The bytes of each claim a node signs about itself: the claim's fields in the wire encoding
+/// (docs/wire.md). Drivers and test tools use these to sign and check claims exactly as the
+/// core does; a signer that shares its key with other uses (the daemon's node key also signs
+/// TLS handshakes) prefixes a context string of its own.
+pub mod claim {
+    use std::net::SocketAddr;
+
+    use serde::Serialize;
+
+    use crate::NodeName;
+
+    #[derive(Serialize)]
+    enum Claim<'a> {
+        Alive {
+            name: &'a NodeName,
+            addr: SocketAddr,
+            incarnation: u64,
+        },
+        Left {
+            name: &'a NodeName,
+            addr: SocketAddr,
+            incarnation: u64,
+        },
+        State {
+            owner: &'a NodeName,
+            key: &'a str,
+            generation: u64,
+            version: u64,
+            value: Option<&'a [u8]>,
+        },
+    }
+
+    fn bytes(claim: &Claim<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        super::encode_into(&mut out, claim);
+        out
+    }
+
+    /// Node `name` is alive at `addr` in its life `incarnation`.
+    pub fn alive(name: &NodeName, addr: SocketAddr, incarnation: u64) -> Vec<u8> {
+        bytes(&Claim::Alive {
+            name,
+            addr,
+            incarnation,
+        })
+    }
+
+    /// Node `name`, at `addr`, left the mesh in its life `incarnation`.
+    pub fn left(name: &NodeName, addr: SocketAddr, incarnation: u64) -> Vec<u8> {
+        bytes(&Claim::Left {
+            name,
+            addr,
+            incarnation,
+        })
+    }
+
+    /// Node `owner`'s replicated state holds `value` under `key` (`None`: deleted) at
+    /// `(generation, version)`.
+    pub fn state(
+        owner: &NodeName,
+        key: &str,
+        generation: u64,
+        version: u64,
+        value: Option<&[u8]>,
+    ) -> Vec<u8> {
+        bytes(&Claim::State {
+            owner,
+            key,
+            generation,
+            version,
+            value,
+        })
+    }
 }
 
 /// Decodes a sequence without preallocating its announced length: an attacker's length prefix
@@ -252,11 +434,15 @@ pub(crate) fn body_size<T: Serialize>(value: &T) -> usize {
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![PROTOCOL_VERSION];
+    encode_into(&mut out, value);
+    out
+}
+
+fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) {
     // Invariant: our wire types serialize infallibly (known-length sequences, no limit).
     options(usize::MAX)
-        .serialize_into(&mut out, value)
+        .serialize_into(out, value)
         .expect("wire types serialize infallibly");
-    out
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
@@ -358,6 +544,15 @@ mod tests {
         ]
     }
 
+    fn signature_strategy() -> impl Strategy<Value = Signature> {
+        (any::<u32>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(key, r, s)| {
+            let mut bytes = [0; SIGNATURE_LEN];
+            bytes[..32].copy_from_slice(&r);
+            bytes[32..].copy_from_slice(&s);
+            Signature::new(key, bytes)
+        })
+    }
+
     fn record_strategy() -> impl Strategy<Value = StateRecord> {
         (
             name_strategy(),
@@ -365,14 +560,26 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            signature_strategy(),
         )
-            .prop_map(|(owner, key, generation, version, value)| StateRecord {
-                owner,
-                key,
-                generation,
-                version,
-                value,
-            })
+            .prop_map(
+                |(owner, key, generation, version, value, signature)| StateRecord {
+                    owner,
+                    key,
+                    generation,
+                    version,
+                    value,
+                    signature,
+                },
+            )
+    }
+
+    fn certificate_strategy() -> impl Strategy<Value = CertificateRecord> {
+        (
+            name_strategy(),
+            proptest::collection::vec(any::<u8>(), 0..100),
+        )
+            .prop_map(|(name, der)| CertificateRecord { name, der })
     }
 
     fn member_strategy() -> impl Strategy<Value = MemberRecord> {
@@ -381,40 +588,75 @@ mod tests {
             addr_strategy(),
             any::<u64>(),
             state_strategy(),
+            signature_strategy(),
         )
-            .prop_map(|(name, addr, incarnation, state)| MemberRecord {
+            .prop_map(|(name, addr, incarnation, state, signature)| MemberRecord {
                 name,
                 addr,
                 incarnation,
                 state,
+                signature,
             })
     }
 
     fn update_strategy() -> impl Strategy<Value = Update> {
         prop_oneof![
-            (name_strategy(), addr_strategy(), any::<u64>()).prop_map(
-                |(name, addr, incarnation)| Update::Alive {
+            (
+                name_strategy(),
+                addr_strategy(),
+                any::<u64>(),
+                signature_strategy()
+            )
+                .prop_map(|(name, addr, incarnation, signature)| Update::Alive {
                     name,
                     addr,
-                    incarnation
-                }
-            ),
-            (name_strategy(), any::<u64>(), name_strategy()).prop_map(
-                |(name, incarnation, source)| Update::Suspect {
-                    name,
                     incarnation,
-                    source
-                }
-            ),
-            (name_strategy(), any::<u64>(), name_strategy()).prop_map(
-                |(name, incarnation, source)| Update::Dead {
+                    signature
+                }),
+            (
+                name_strategy(),
+                addr_strategy(),
+                any::<u64>(),
+                signature_strategy(),
+                name_strategy()
+            )
+                .prop_map(|(name, addr, incarnation, signature, source)| {
+                    Update::Suspect {
+                        name,
+                        addr,
+                        incarnation,
+                        signature,
+                        source,
+                    }
+                }),
+            (
+                name_strategy(),
+                addr_strategy(),
+                any::<u64>(),
+                signature_strategy(),
+                name_strategy()
+            )
+                .prop_map(|(name, addr, incarnation, signature, source)| {
+                    Update::Dead {
+                        name,
+                        addr,
+                        incarnation,
+                        signature,
+                        source,
+                    }
+                }),
+            (
+                name_strategy(),
+                addr_strategy(),
+                any::<u64>(),
+                signature_strategy()
+            )
+                .prop_map(|(name, addr, incarnation, signature)| Update::Left {
                     name,
+                    addr,
                     incarnation,
-                    source
-                }
-            ),
-            (name_strategy(), any::<u64>())
-                .prop_map(|(name, incarnation)| Update::Left { name, incarnation }),
+                    signature
+                }),
             record_strategy().prop_map(|r| Update::State(Box::new(r))),
         ]
     }
@@ -444,13 +686,24 @@ mod tests {
         let members = || proptest::collection::vec(member_strategy(), 0..5);
         let entries = || proptest::collection::vec(record_strategy(), 0..5);
         prop_oneof![
-            (any::<bool>(), members(), entries()).prop_map(|(reply, members, entries)| {
-                Body::PushPull {
-                    reply,
-                    members,
-                    entries,
-                }
-            }),
+            (
+                any::<bool>(),
+                members(),
+                entries(),
+                proptest::collection::vec(certificate_strategy(), 0..3)
+            )
+                .prop_map(|(reply, members, entries, certificates)| {
+                    Body::PushPull {
+                        reply,
+                        members,
+                        entries,
+                        certificates,
+                    }
+                }),
+            proptest::collection::vec(name_strategy(), 0..5)
+                .prop_map(|names| Body::CertificatesWanted { names }),
+            proptest::collection::vec(certificate_strategy(), 0..3)
+                .prop_map(|certificates| Body::Certificates { certificates }),
             any::<u64>().prop_map(|hash| Body::SyncSummary { hash }),
             proptest::collection::vec(any::<u64>(), 0..70)
                 .prop_map(|hashes| Body::SyncBuckets { hashes }),
@@ -521,7 +774,7 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                0x01, 0x01, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x01, 0xfb, 0x58, 0x1b, 0x00
+                0x02, 0x01, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x01, 0xfb, 0x58, 0x1b, 0x00
             ]
         );
     }

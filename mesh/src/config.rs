@@ -98,6 +98,20 @@ pub struct Config {
     /// Largest state value in bytes. Values too large for a datagram travel by anti-entropy only.
     /// Default 16 KiB.
     pub state_value_size_max: usize,
+    /// Most claims held while the certificate that signed them is asked for (a member this node
+    /// has not met, or one that renewed its certificate); more are dropped and counted, and
+    /// come again by gossip or anti-entropy. Must be >= 1. Default 4096: during a join burst
+    /// every new member's Alive waits here for a round trip, and each held claim is at most a
+    /// state record.
+    pub claims_held_max: usize,
+    /// Most certificates asked for, or answered, in one message. Must be >= 1. Default 256:
+    /// 256 certificates of about 500 bytes make a 128 KiB answer, well within
+    /// `message_size_max`.
+    pub certificates_wanted_max: usize,
+    /// How long claims wait for their certificate before they are dropped. Must be > 0. A stream
+    /// round trip takes milliseconds, so a relay that has not answered by then will not; the
+    /// claims come again from other relays. LAN 2 s, WAN 10 s.
+    pub certificate_wait: Duration,
 }
 
 impl Default for Config {
@@ -137,6 +151,9 @@ impl Config {
             state_keys_max: 1024,
             state_key_size_max: 128,
             state_value_size_max: 16 << 10,
+            claims_held_max: 4096,
+            certificates_wanted_max: 256,
+            certificate_wait: Duration::from_secs(2),
         }
     }
 
@@ -152,13 +169,14 @@ impl Config {
             sync_interval: Duration::from_secs(30),
             reconnect_interval: Duration::from_secs(60),
             tombstone_ttl: Duration::from_secs(900),
+            certificate_wait: Duration::from_secs(10),
             ..Config::lan()
         }
     }
 
     /// Checks every constraint stated on the fields.
     pub fn validate(&self) -> Result<(), Error> {
-        let checks: [(bool, &'static str); 23] = [
+        let checks: [(bool, &'static str); 25] = [
             (!self.probe_timeout.is_zero(), "probe_timeout must be > 0"),
             (
                 self.probe_timeout < self.probe_interval,
@@ -228,6 +246,14 @@ impl Config {
             (
                 self.state_key_size_max >= 1,
                 "state_key_size_max must be >= 1",
+            ),
+            (
+                self.claims_held_max >= 1 && self.certificates_wanted_max >= 1,
+                "claims_held_max and certificates_wanted_max must be >= 1",
+            ),
+            (
+                !self.certificate_wait.is_zero(),
+                "certificate_wait must be > 0",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

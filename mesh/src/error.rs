@@ -40,6 +40,12 @@ pub enum Error {
         /// The bound, `Config::state_keys_max`.
         max: usize,
     },
+    /// This node's own certificate does not pass its own checks, so no member would accept
+    /// what it signs.
+    #[error(
+        "this node's own certificate is not admitted as its own (another node's name, or not of the mesh CA)"
+    )]
+    OwnCertificate,
     /// The node has left the mesh and no longer changes its state.
     #[error("this node has left the mesh")]
     Left,

@@ -95,15 +95,17 @@
 mod codec;
 mod config;
 mod error;
+mod hash;
 mod mesh;
 mod name;
 mod node;
 mod peers;
 mod pod;
+mod signing;
 mod store;
 mod time;
 
-pub use codec::{DecodeError, MemberState, PROTOCOL_VERSION};
+pub use codec::{DecodeError, MemberState, PROTOCOL_VERSION, Signature, claim};
 pub use config::Config;
 pub use error::Error;
 pub use mesh::{Command, Counters, Event, Input, Member, Mesh, Output, StateEntry, Target};
@@ -116,5 +118,6 @@ pub use peers::{
 pub use pod::{
     InvalidPod, POD_NAME_LEN_MAX, POD_STATE_PREFIX, PodAddr, PodName, PodRecord, PodStatus,
 };
+pub use signing::{Credential, HashAuthority, HashSignatures, SIGNATURE_LEN, Signatures, key_id};
 pub use store::{MemStore, Row, Store, StoreError, Table, WriteBatch, WriteOp};
 pub use time::Time;

@@ -11,14 +11,17 @@
 //! - `sync`: join push/pull, reconnection and anti-entropy by digest (DESIGN section 4);
 //! - `state`: owner-versioned replicated state, local writes and received records;
 //! - `tombstones`: collecting dead and departed members and deleted entries;
-//! - `persist`: the sample of members kept in the store for a rejoin without seeds.
+//! - `persist`: the sample of members kept in the store for a rejoin without seeds;
+//! - `claims`: checking the signature of every claim a node makes about itself before it is
+//!   applied or relayed, and fetching the certificates that takes (DESIGN section 2).
 //!
 //! The leaf `ring` orders the live members for the probe schedule.
 //!
 //! Leaf modules hold the data structures those share: `members` (the member table and the
 //! roster of live members), `broadcast` (the piggyback queue), `digest` (bucket hashes),
-//! `entries` (one owner's replicated state),
-//! `suspicion` (Lifeguard's suspicion timer) and `api` (inputs, outputs and views).
+//! `entries` (one owner's replicated state), `credentials` (other members' certificates and the
+//! claims waiting for one), `suspicion` (Lifeguard's suspicion timer) and `api` (inputs,
+//! outputs and views).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -27,17 +30,18 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::codec::{self, DecodeError, MemberState, Probe, Update};
+use crate::codec::{self, DecodeError, MemberState, Probe, Signature, Update, claim};
+use crate::signing::{Credential, Signatures, key_id};
 use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
 use crate::{Config, Error, NodeName, Time};
 
 use broadcast::Broadcasts;
+use credentials::Credentials;
 use digest::Digest;
-use entries::StateMap;
+use entries::{Onward, StateMap};
 use members::Members;
 use ring::Ring;
-use state::Onward;
 
 pub use api::{Command, Counters, Event, Input, Member, Output, StateEntry, Target};
 
@@ -49,7 +53,7 @@ const INCARNATION_KEY: &[u8] = b"incarnation";
 /// (its rumour may have died out before reaching this node) is then repaired within seconds
 /// rather than at the next `sync_interval`; once a whole round passes with no new member, rounds
 /// return to `sync_interval`, so a settled mesh pays nothing for it.
-const FIRST_SYNC_PROBE_PERIODS: u32 = 2;
+const FIRST_SYNC_PROBE_PERIODS: u32 = 1;
 
 /// Mixed into the RNG seed to draw a fresh store's first incarnation.
 const FRESH_START_SALT: u64 = 0x6669_7273_745f_6c69;
@@ -121,6 +125,17 @@ pub struct Mesh<S> {
     left: bool,
     /// When this node's own state last changed (start, refutation, leave).
     changed_at: Time,
+    /// Signs this node's claims and checks other nodes' (DESIGN section 2).
+    signatures: Box<dyn Signatures>,
+    /// This node's own credential, to check claims about itself (a previous life's) with.
+    own: (u32, Credential),
+    /// This node's signature of its current Alive, or of its Left once it has left.
+    own_claim: Signature,
+    /// Other members' credentials, and the claims waiting for one.
+    credentials: Credentials,
+    /// Certificates to ask for once the current input is handled: per relay, its address
+    /// and the subjects whose claims it relayed.
+    asks: BTreeMap<NodeName, (SocketAddr, Vec<NodeName>)>,
     store: S,
     rng: ChaCha8Rng,
     /// Every other member, tombstones included.
@@ -175,20 +190,24 @@ pub struct Mesh<S> {
 }
 
 impl<S: Store> Mesh<S> {
-    /// Builds the core for node `me`, reachable at `advertise`.
+    /// Builds the core for node `me`, reachable at `advertise`, signing its claims with
+    /// `signatures`.
     ///
     /// Durably bumps the incarnation (so this life is newer than every previous one) and loads
-    /// the last known members. Fails if the config is invalid or the store cannot be read or
-    /// written: running with an incarnation that might go backwards would make this node a ghost.
+    /// the last known members. Fails if the config is invalid, if `signatures` does not admit
+    /// its own certificate as `me`'s, or if the store cannot be read or written: running with an
+    /// incarnation that might go backwards would make this node a ghost.
     pub fn new(
         config: Config,
         me: NodeName,
         advertise: SocketAddr,
         mut store: S,
+        mut signatures: Box<dyn Signatures>,
         rng_seed: u64,
         now: Time,
     ) -> Result<Self, Error> {
         config.validate()?;
+        let own = own_credential(signatures.as_mut(), &me)?;
         let previous = match store.read(Table::Meta, INCARNATION_KEY)? {
             // A store without an incarnation is a first start, or a node whose disk was lost.
             // Starting from a random point keeps a node that lost its disk from reusing the
@@ -205,6 +224,11 @@ impl<S: Store> Mesh<S> {
             }
         };
         let incarnation = previous.saturating_add(1);
+        let own_claim = sign(
+            signatures.as_mut(),
+            own.0,
+            &claim::alive(&me, advertise, incarnation),
+        );
         let mut batch = WriteBatch::new();
         batch.put(Table::Meta, INCARNATION_KEY, incarnation.to_be_bytes());
         store.write(batch)?;
@@ -229,6 +253,11 @@ impl<S: Store> Mesh<S> {
             state_version: 0,
             left: false,
             changed_at: now,
+            signatures,
+            own,
+            own_claim,
+            credentials: Credentials::default(),
+            asks: BTreeMap::new(),
             store,
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
             members: Members::new(rng_seed ^ MEMBER_HASH_SALT),
@@ -287,6 +316,7 @@ impl<S: Store> Mesh<S> {
     /// command the core refuses returns an error. `now` must never go backwards between calls.
     pub fn handle(&mut self, input: Input, now: Time) -> Result<(), Error> {
         let result = self.dispatch(input, now);
+        self.flush_asks();
         self.flush_urgent(now);
         result
     }
@@ -389,6 +419,19 @@ impl<S: Store> Mesh<S> {
             state: m.state,
             incarnation: m.incarnation,
             changed_at: m.changed_at,
+        })
+    }
+
+    /// `owner`'s state entry under `key`, tombstone included, if this node holds it.
+    pub fn entry(&self, owner: &NodeName, key: &str) -> Option<StateEntry<'_>> {
+        let (owner, map) = self.entries.get_key_value(owner)?;
+        let (key, e) = map.get_key_value(key)?;
+        Some(StateEntry {
+            owner,
+            key,
+            generation: e.generation,
+            version: e.version,
+            value: e.value.as_deref(),
         })
     }
 
@@ -510,9 +553,13 @@ impl<S: Store> Mesh<S> {
                     let me = self.me.clone();
                     self.refresh_digest(&me);
                     self.probe = None;
+                    let left = claim::left(&self.me, self.addr, self.incarnation);
+                    self.own_claim = self.sign(&left);
                     let update = Update::Left {
                         name: self.me.clone(),
+                        addr: self.addr,
                         incarnation: self.incarnation,
+                        signature: self.own_claim,
                     };
                     self.enqueue(update);
                     // Push the news right away rather than waiting for the next gossip tick.
@@ -524,12 +571,7 @@ impl<S: Store> Mesh<S> {
                 Ok(())
             }
             Command::Expel { node } => {
-                let known = self.members.get(&node).filter(|m| m.state.is_live());
-                if let Some(incarnation) = known.map(|m| m.incarnation) {
-                    self.counters.deaths_declared += 1;
-                    let me = self.me.clone();
-                    self.on_dead(node, incarnation, me, now);
-                }
+                self.expel(node, now);
                 Ok(())
             }
             Command::PutState { key, value } => self.put_state(key, value, Onward::Piggyback, now),
@@ -550,6 +592,17 @@ impl<S: Store> Mesh<S> {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Declares `node` dead here at once, at the incarnation known for it, and gossips the
+    /// verdict: this node's operator refuses it. Unknown or departed members are left alone.
+    fn expel(&mut self, node: NodeName, now: Time) {
+        let known = self.members.get(&node).filter(|m| m.state.is_live());
+        if let Some(incarnation) = known.map(|m| m.incarnation) {
+            self.counters.deaths_declared += 1;
+            let me = self.me.clone();
+            self.on_dead(node, incarnation, me, now);
         }
     }
 
@@ -633,6 +686,24 @@ impl<S: Store> Mesh<S> {
     }
 }
 
+/// `me`'s credential and its key id, as `signatures` admits its own certificate: a node whose
+/// own certificate does not pass its own checks would sign claims nobody accepts.
+fn own_credential(
+    signatures: &mut dyn Signatures,
+    me: &NodeName,
+) -> Result<(u32, Credential), Error> {
+    let certificate = signatures.certificate();
+    let credential = signatures
+        .admit(me, &certificate)
+        .ok_or(Error::OwnCertificate)?;
+    Ok((key_id(&certificate), credential))
+}
+
+/// Signs `claim` under the key whose id is `key_id`.
+fn sign(signatures: &mut dyn Signatures, key_id: u32, claim: &[u8]) -> Signature {
+    Signature::new(key_id, signatures.sign(claim))
+}
+
 /// Fisher-Yates with the core's seeded RNG.
 fn shuffle<T>(rng: &mut ChaCha8Rng, items: &mut [T]) {
     for i in (1..items.len()).rev() {
@@ -654,6 +725,8 @@ fn sample<T>(rng: &mut ChaCha8Rng, mut items: Vec<T>, k: usize) -> Vec<T> {
 
 mod api;
 mod broadcast;
+mod claims;
+mod credentials;
 mod digest;
 mod dissemination;
 mod entries;

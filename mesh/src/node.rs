@@ -33,7 +33,7 @@ use crate::pod::{PodAddr, PodName, PodRecord};
 use crate::store::Store;
 use crate::{
     Answer, Command, Config, Error, Event, Input, LocalOp, LocalReply, Mesh, NodeName, Output,
-    PeerError, Peers, PeersConfig, PeersOutput, PodEvent, Target, Time,
+    PeerError, Peers, PeersConfig, PeersOutput, PodEvent, Signatures, Target, Time,
 };
 
 /// Replicated state key of a node's own information (address, software version, start time).
@@ -110,10 +110,11 @@ pub struct Node<S> {
 }
 
 impl<S: Store> Node<S> {
-    /// Starts node `me`, reachable at `advertise`: bumps the incarnation durably, loads the
-    /// last known members, the Pods, the handshake logs and the inbox indexes, resumes every
-    /// unfinished handshake, and writes the node's information as replicated state. Every Pod
-    /// record goes to membership with the first [`Node::poll_output`] calls.
+    /// Starts node `me`, reachable at `advertise` and signing its claims with `signatures`:
+    /// bumps the incarnation durably, loads the last known members, the Pods, the handshake
+    /// logs and the inbox indexes, resumes every unfinished handshake, and writes the node's
+    /// information as replicated state. Every Pod record goes to membership with the first
+    /// [`Node::poll_output`] calls.
     /// `wall_start_ms` is the wall-clock time at [`Time::ZERO`], in milliseconds since the Unix
     /// epoch; message timestamps and the node's start time derive from it.
     #[expect(
@@ -126,11 +127,20 @@ impl<S: Store> Node<S> {
         me: NodeName,
         advertise: SocketAddr,
         store: S,
+        signatures: Box<dyn Signatures>,
         rng_seed: u64,
         now: Time,
         wall_start_ms: u64,
     ) -> Result<Self, Error> {
-        let mut mesh = Mesh::new(config, me.clone(), advertise, store, rng_seed, now)?;
+        let mut mesh = Mesh::new(
+            config,
+            me.clone(),
+            advertise,
+            store,
+            signatures,
+            rng_seed,
+            now,
+        )?;
         // Probe periods on the wall clock, alike on every node (the probe schedule).
         mesh.set_wall_epoch(wall_start_ms.saturating_mul(1_000));
         let peers = Peers::load(me, mesh.incarnation(), peers_config, mesh.store(), now)?;
@@ -173,6 +183,17 @@ impl<S: Store> Node<S> {
         let wall = self.wall_ms(now);
         self.peers
             .handle_request(ticket, from, bytes, now, wall, self.mesh.store_mut())
+    }
+
+    /// Puts new signatures in force (a reload of the certificates, CA bundle or blocklist):
+    /// see [`Mesh::set_signatures`].
+    pub fn set_signatures(
+        &mut self,
+        signatures: Box<dyn Signatures>,
+        now: Time,
+    ) -> Result<(), Error> {
+        self.now = now;
+        self.mesh.set_signatures(signatures, now)
     }
 
     /// Deliveries fed since the last commit, waiting for [`Node::commit_deliveries`].

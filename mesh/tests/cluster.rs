@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use podmesh_mesh::{
-    Command, Config, Event, Input, MemStore, MemberState, Mesh, NodeName, Output, Time,
+    Command, Config, Event, HashAuthority, Input, MemStore, MemberState, Mesh, NodeName, Output,
+    Time,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -53,6 +54,7 @@ impl Cluster {
                     name(i),
                     addr(i),
                     MemStore::new(),
+                    Box::new(HashAuthority::new(1, 64).signer(&name(i))),
                     seed ^ (i as u64) << 20,
                     Time::ZERO,
                 );

@@ -27,6 +27,7 @@ use crate::api_server::{self, ClientEvent, ClientTx, RequestSlot};
 use crate::config::Preset;
 use crate::faults::Faults;
 use crate::metrics::{self, Metrics, Scrape, Snapshot};
+use crate::signatures::NodeSignatures;
 use crate::store::{OpenError, RedbStore};
 use crate::transport::{Channel, Destination, Inbound, Transport, TransportLimits};
 use inbound::request_kind;
@@ -277,8 +278,14 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     let tls = MeshTls::new(&identity, settings.blocklist.clone())?;
     let limits = TransportLimits::default();
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.inbound_queue_len_max);
-    let transport =
-        bind_transport(settings.listen, tls, limits, inbound_tx, previous_stopping).await?;
+    let transport = bind_transport(
+        settings.listen,
+        tls.clone(),
+        limits,
+        inbound_tx,
+        previous_stopping,
+    )
+    .await?;
     let bound = transport.local_addr()?;
     let advertise = advertise_addr(&settings, bound)?;
 
@@ -297,12 +304,15 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     if let Some(give_up) = settings.participant_give_up {
         peers_config.participant_give_up = give_up;
     }
+    let signatures = NodeSignatures::new(&identity, tls.clone())
+        .context("the node key and certificate that sign this node's claims")?;
     let node_state = Node::start(
         config,
         peers_config,
         me,
         advertise,
         store,
+        Box::new(signatures),
         random_seed(),
         clock.now(),
         clock.start_unix_ms,
@@ -676,6 +686,15 @@ impl Actor {
         );
         let blocked = blocklist.len();
         let tls = MeshTls::new(&identity, blocklist)?;
+        // The claims this node checks from now on are checked under the new CA bundle and
+        // blocklist too; members whose certificate they refuse are expelled, and a renewed
+        // certificate of this node's own signs its claims again. Done first: a bundle that
+        // does not admit this node's own certificate fails here, before anything changed.
+        let now = self.clock.now();
+        let signatures = NodeSignatures::new(&identity, tls.clone())?;
+        self.node
+            .set_signatures(Box::new(signatures), now)
+            .context("the reloaded certificates")?;
         let refused = self.transport.reload(tls)?;
         info!(
             blocked,
@@ -683,7 +702,6 @@ impl Actor {
             "certificates and blocklist reloaded"
         );
         // A node this node now refuses is out of its mesh at once, not after a suspicion.
-        let now = self.clock.now();
         for name in &refused {
             let Ok(node) = mesh_name(name) else { continue };
             warn!(member = %node, "expelled: its certificate is blocklisted");
@@ -726,6 +744,9 @@ impl Actor {
             ("podmesh_suspicions", counters.suspicions),
             ("podmesh_refutations", counters.refutations),
             ("podmesh_accusations_dropped", counters.accusations_dropped),
+            ("podmesh_claims_refused", counters.claims_refused),
+            ("podmesh_claims_held", counters.claims_held),
+            ("podmesh_claims_dropped", counters.claims_dropped),
             ("podmesh_deaths_declared", counters.deaths_declared),
             (
                 "podmesh_bad_frames",

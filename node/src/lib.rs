@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod directory;
 pub mod faults;
 pub mod metrics;
+pub mod signatures;
 pub mod store;
 pub mod transport;
 pub mod tui;

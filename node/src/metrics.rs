@@ -68,7 +68,7 @@ pub struct Snapshot {
 }
 
 /// Every help text, by cumulative count name.
-const COUNTS: [(&str, &str); 8] = [
+const COUNTS: [(&str, &str); 11] = [
     ("podmesh_probes", "Direct probes (pings) sent"),
     (
         "podmesh_indirect_probes",
@@ -82,6 +82,18 @@ const COUNTS: [(&str, &str); 8] = [
     (
         "podmesh_accusations_dropped",
         "Accusations dropped: their subject spoke here lately, or their accuser is back from across a cut",
+    ),
+    (
+        "podmesh_claims_refused",
+        "Claims of other nodes about themselves refused: not signed by their subject, or its certificate refused",
+    ),
+    (
+        "podmesh_claims_held",
+        "Claims held while the certificate that signed them was asked for",
+    ),
+    (
+        "podmesh_claims_dropped",
+        "Held claims dropped unchecked: too many waiting, or no certificate came in time",
     ),
     (
         "podmesh_deaths_declared",

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use podmesh_mesh::{
-    Answer, Command, Config, Event, Input, LocalOp, MemStore, Node, NodeName, NodeOutput,
+    Answer, Command, Config, Counters, Event, Input, LocalOp, MemStore, Node, NodeName, NodeOutput,
     PeersConfig, PodAddr, PodEvent, PodName, Row, Store, StoreError, Table, Target, WriteBatch,
 };
 use rand::{Rng, SeedableRng};
@@ -19,9 +19,10 @@ use crate::Time;
 use crate::check::{Checker, Pair};
 use crate::metrics::Observer;
 use crate::net::{Kind, Network};
-use crate::report::{PeerFigures, Report};
+use crate::report::{ClaimFigures, PeerFigures, Report};
 use crate::scenario::{Scenario, secs};
 use crate::schedule::{Action, timeline};
+use crate::signers::Signers;
 
 /// How often the plot is sampled and the liveness phase checks for convergence.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -234,8 +235,19 @@ pub struct Sim {
     next_token: u64,
     pods: Vec<PodName>,
     figures: PeerFigures,
+    /// Claims refused, held and dropped by nodes that have crashed since.
+    claims: ClaimFigures,
+    /// What every node signs its claims with, and the record of what each signed.
+    signers: Signers,
     /// The longest wait from a crash (that stays down) until some node suspected it.
     first_suspicion_worst: Option<f64>,
+}
+
+/// Adds one node's claim counters to `figures`.
+fn add_claims(figures: &mut ClaimFigures, counters: Counters) {
+    figures.refused += counters.claims_refused;
+    figures.held += counters.claims_held;
+    figures.dropped += counters.claims_dropped;
 }
 
 fn addr_of(i: usize) -> SocketAddr {
@@ -259,6 +271,7 @@ impl Sim {
             .collect::<Result<Vec<PodName>, _>>()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let net = Network::new(scenario.network.config(), n, rng.random());
+        let signers = Signers::new(rng.random());
         let heal_at = Time::ZERO + secs(scenario.safety_s);
         let mut sim = Sim {
             timeline: timeline(&scenario, seed),
@@ -303,6 +316,8 @@ impl Sim {
             next_token: 0,
             pods,
             figures: PeerFigures::default(),
+            claims: ClaimFigures::default(),
+            signers,
             first_suspicion_worst: None,
             scenario,
         };
@@ -571,6 +586,7 @@ impl Sim {
             self.names[node].clone(),
             addr_of(node),
             store,
+            self.signers.signer(&self.names[node]),
             mesh_seed,
             now,
             0,
@@ -641,6 +657,7 @@ impl Sim {
             return;
         };
         self.figures.staged_lost_in_crash += r.staged_deliveries() as u64;
+        add_claims(&mut self.claims, r.mesh().counters());
         let n = &mut self.nodes[node];
         n.life += 1;
         n.wake_at = None;

@@ -15,5 +15,6 @@ pub mod net;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod signers;
 
 pub use podmesh_mesh::Time;

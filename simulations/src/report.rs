@@ -36,6 +36,18 @@ pub struct PeerFigures {
     pub messages_lost_with_disk: u64,
 }
 
+/// What the nodes did with the claims they received (DESIGN section 2), summed over every
+/// node and life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClaimFigures {
+    /// Claims whose signature was not their subject's, or whose certificate was refused.
+    pub refused: u64,
+    /// Claims held while the certificate that signed them was asked for.
+    pub held: u64,
+    /// Held claims dropped unchecked (the bound was reached, or no certificate came in time).
+    pub dropped: u64,
+}
+
 /// A budget and whether the run met it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Budget {
@@ -115,6 +127,8 @@ pub struct Report {
     pub membership: MembershipMetrics,
     /// Pod and peer figures.
     pub peers: PeerFigures,
+    /// What the nodes did with received claims.
+    pub claims: ClaimFigures,
     /// The scenario's budgets.
     pub budgets: Vec<Budget>,
     /// The longest wait from a crash (that stayed down) until some node first suspected it,
@@ -200,6 +214,14 @@ impl Report {
                 s,
                 "  group commits: {} written, {} failed, {} staged deliveries lost in crashes",
                 p.delivery_batches, p.delivery_batches_failed, p.staged_lost_in_crash
+            );
+        }
+        let c = &self.claims;
+        if c.refused + c.held + c.dropped > 0 {
+            let _ = writeln!(
+                s,
+                "  claims: {} refused, {} held for a certificate, {} dropped unchecked",
+                c.refused, c.held, c.dropped
             );
         }
         if let Some(f) = &self.foca {

@@ -242,4 +242,13 @@ pub struct Counters {
     /// within the evidence window, or their accuser or relay had just come back from across a
     /// cut (DESIGN section 3, "Calm heals").
     pub accusations_dropped: u64,
+    /// Claims a node made about itself (Alive, Left, state records) that did not carry its
+    /// signature, or whose certificate was refused: dropped, never applied or relayed
+    /// (DESIGN section 2).
+    pub claims_refused: u64,
+    /// Claims held while the certificate that signed them was asked for.
+    pub claims_held: u64,
+    /// Claims dropped unchecked: `claims_held_max` were waiting already, or their certificate
+    /// did not come within `certificate_wait`. They come again by gossip or anti-entropy.
+    pub claims_dropped: u64,
 }

@@ -234,11 +234,22 @@ fn slot(slots: &[Option<Slot>], at: u32) -> &Slot {
 mod tests {
     use super::*;
 
-    fn left(i: u64) -> Update {
+    /// Any signature: the queue never looks at one.
+    fn signature() -> codec::Signature {
+        codec::Signature::new(0, [0; 64])
+    }
+
+    fn left_of(name: &str, incarnation: u64) -> Update {
         Update::Left {
-            name: format!("member-{i:04}").parse().unwrap(),
-            incarnation: i,
+            name: name.parse().unwrap(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            incarnation,
+            signature: signature(),
         }
+    }
+
+    fn left(i: u64) -> Update {
+        left_of(&format!("member-{i:04}"), i)
     }
 
     #[test]
@@ -265,10 +276,7 @@ mod tests {
         // The queue never carries two contradicting updates about one member.
         let mut queue = Broadcasts::new(1);
         queue.push(left(1), 10);
-        let newer = Update::Left {
-            name: "member-0001".parse().unwrap(),
-            incarnation: 9,
-        };
+        let newer = left_of("member-0001", 9);
         queue.push(newer.clone(), 10);
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.take(1000, 5), vec![newer]);
@@ -283,6 +291,7 @@ mod tests {
                 generation: 1,
                 version,
                 value: Some(vec![1]),
+                signature: signature(),
             }))
         };
         let mut queue = Broadcasts::new(1);
@@ -290,10 +299,7 @@ mod tests {
         queue.push(state("a", "other", 1), 10);
         queue.push(state("b", "k", 1), 10);
         // News about member "a" is about another subject than a's entries.
-        let a_left = Update::Left {
-            name: "a".parse().unwrap(),
-            incarnation: 1,
-        };
+        let a_left = left_of("a", 1);
         queue.push(a_left, 10);
         assert_eq!(queue.len(), 4);
         queue.push(state("a", "k", 2), 10);

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 
 use rand::Rng;
 
-use super::state::Onward;
+use super::entries::Onward;
 use super::{Mesh, SEQ_LEN_SLACK, sample};
-use crate::codec::{self, Datagram, MemberState, Probe, StateRecord, Update};
+use crate::codec::{self, Datagram, MemberRecord, MemberState, Probe, StateRecord, Update};
 use crate::store::Store;
 use crate::{NodeName, Output, Target, Time};
 
@@ -161,34 +161,76 @@ impl<S: Store> Mesh<S> {
         }
     }
 
-    /// Applies an update that `relay` sent; accusations pass [`Mesh::doubts`] first.
+    /// Applies an update that `relay` sent. Claims a node makes about itself go through
+    /// their signature check, and accusations carry their subject's signature of the life
+    /// they accuse it in (`claims`).
     pub(super) fn apply_update(&mut self, update: Update, relay: &NodeName, now: Time) {
         match update {
             Update::Alive {
                 name,
                 addr,
                 incarnation,
-            } => self.on_alive(name, addr, incarnation, now),
+                signature,
+            } => {
+                let record = MemberRecord {
+                    name,
+                    addr,
+                    incarnation,
+                    state: MemberState::Alive,
+                    signature,
+                };
+                self.receive_member(record, Onward::Piggyback, relay, &[], now);
+            }
+            Update::Left {
+                name,
+                addr,
+                incarnation,
+                signature,
+            } => {
+                let record = MemberRecord {
+                    name,
+                    addr,
+                    incarnation,
+                    state: MemberState::Left,
+                    signature,
+                };
+                self.receive_member(record, Onward::Piggyback, relay, &[], now);
+            }
             Update::Suspect {
                 name,
+                addr,
                 incarnation,
+                signature,
                 source,
             } => {
-                if !self.doubts(&name, incarnation, &source, relay, false, now) {
-                    self.on_suspect(name, incarnation, source, now);
-                }
+                let record = MemberRecord {
+                    name,
+                    addr,
+                    incarnation,
+                    state: MemberState::Suspect,
+                    signature,
+                };
+                self.receive_accusation(record, &source, relay, true, now);
             }
             Update::Dead {
                 name,
+                addr,
                 incarnation,
+                signature,
                 source,
             } => {
-                if !self.doubts(&name, incarnation, &source, relay, true, now) {
-                    self.on_dead(name, incarnation, source, now);
-                }
+                let record = MemberRecord {
+                    name,
+                    addr,
+                    incarnation,
+                    state: MemberState::Dead,
+                    signature,
+                };
+                self.receive_accusation(record, &source, relay, true, now);
             }
-            Update::Left { name, incarnation } => self.on_left(name, incarnation, now),
-            Update::State(record) => self.on_state(*record, Onward::Piggyback, now),
+            Update::State(record) => {
+                self.receive_state(*record, Onward::Piggyback, relay, &[], now)
+            }
         }
     }
 }

@@ -7,14 +7,27 @@
 //! order, exactly as the map's were.
 
 use crate::Time;
+use crate::codec::Signature;
 
-/// One replicated state entry: its `(generation, version)` and value, `None` for a tombstone.
+/// One replicated state entry: its `(generation, version)` and value, `None` for a tombstone,
+/// and its owner's signature of them, which goes wherever the entry goes.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub(super) generation: u64,
     pub(super) version: u64,
     pub(super) value: Option<Vec<u8>>,
+    pub(super) signature: Signature,
     pub(super) changed_at: Time,
+}
+
+/// Whether a record of replicated state goes on by piggyback from this node, or by the stream
+/// exchanges only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Onward {
+    /// Queued for piggyback, then carried by the stream exchanges too.
+    Piggyback,
+    /// Carried by the stream exchanges only.
+    StreamsOnly,
 }
 
 /// Slots a map grows one at a time up to, so that the common map of one or two keys holds no
@@ -42,6 +55,14 @@ impl StateMap {
 
     pub(super) fn get(&self, key: &str) -> Option<&Entry> {
         self.find(key).ok().map(|at| &self.slots[at].1)
+    }
+
+    /// The stored key and its entry.
+    pub(super) fn get_key_value(&self, key: &str) -> Option<(&String, &Entry)> {
+        self.find(key).ok().map(|at| {
+            let (k, e) = &self.slots[at];
+            (k, e)
+        })
     }
 
     pub(super) fn contains_key(&self, key: &str) -> bool {
@@ -98,6 +119,7 @@ mod tests {
             generation: 1,
             version,
             value: Some(vec![0; 3]),
+            signature: crate::codec::Signature::new(0, [0; 64]),
             changed_at: Time::ZERO,
         }
     }

@@ -22,7 +22,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::suspicion::Suspicion;
-use crate::codec::{MemberRecord, MemberState};
+use crate::codec::{MemberRecord, MemberState, Signature, Update};
 use crate::{NodeName, Time};
 
 /// The `live_at` of a member that is not in the roster.
@@ -33,6 +33,9 @@ pub(super) const NOT_LIVE: u32 = u32::MAX;
 pub(super) struct MemberEntry {
     pub(super) addr: SocketAddr,
     pub(super) incarnation: u64,
+    /// The member's own signature of its Alive at `addr` and `incarnation`, or of its Left
+    /// once it has left: what this node shows whoever it tells about the member.
+    pub(super) signature: Signature,
     pub(super) state: MemberState,
     pub(super) changed_at: Time,
     /// Boxed: few members are suspected at a time, and every member view pays for the inline size.
@@ -54,10 +57,16 @@ pub(super) struct MemberEntry {
 
 impl MemberEntry {
     /// A member just heard of: alive, in no roster yet, adding nothing to the digest yet.
-    pub(super) fn alive(addr: SocketAddr, incarnation: u64, now: Time) -> Self {
+    pub(super) fn alive(
+        addr: SocketAddr,
+        incarnation: u64,
+        signature: Signature,
+        now: Time,
+    ) -> Self {
         Self {
             addr,
             incarnation,
+            signature,
             state: MemberState::Alive,
             changed_at: now,
             suspicion: None,
@@ -69,6 +78,30 @@ impl MemberEntry {
         }
     }
 
+    /// The claim that this member, `name`, is suspect (or `dead`) in the life this node holds,
+    /// first made by `source`, with the member's own signature of that life.
+    pub(super) fn accusation(&self, name: &NodeName, source: NodeName, dead: bool) -> Update {
+        let (name, addr, incarnation, signature) =
+            (name.clone(), self.addr, self.incarnation, self.signature);
+        if dead {
+            Update::Dead {
+                name,
+                addr,
+                incarnation,
+                signature,
+                source,
+            }
+        } else {
+            Update::Suspect {
+                name,
+                addr,
+                incarnation,
+                signature,
+                source,
+            }
+        }
+    }
+
     /// The record that carries this member as `name` in push/pull, anti-entropy and the store.
     pub(super) fn record(&self, name: &NodeName) -> MemberRecord {
         MemberRecord {
@@ -76,6 +109,7 @@ impl MemberEntry {
             addr: self.addr,
             incarnation: self.incarnation,
             state: self.state,
+            signature: self.signature,
         }
     }
 }
@@ -297,7 +331,13 @@ mod tests {
     use crate::Time;
 
     fn entry(incarnation: u64) -> MemberEntry {
-        MemberEntry::alive("127.0.0.1:1".parse().unwrap(), incarnation, Time::ZERO)
+        let signature = Signature::new(0, [0; 64]);
+        MemberEntry::alive(
+            "127.0.0.1:1".parse().unwrap(),
+            incarnation,
+            signature,
+            Time::ZERO,
+        )
     }
 
     fn name(i: u64) -> NodeName {

@@ -7,10 +7,11 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::entries::Onward;
 use super::members::MemberEntry;
 use super::suspicion::Suspicion;
 use super::{INCARNATION_KEY, Mesh, Probing, Relay, Timer};
-use crate::codec::{self, Datagram, MemberState, Probe, Update};
+use crate::codec::{self, Datagram, MemberState, Probe, Signature, Update, claim};
 use crate::store::{Store, Table, WriteBatch};
 use crate::time::micros;
 use crate::{Event, NodeName, Output, Target, Time};
@@ -34,6 +35,7 @@ impl<S: Store> Mesh<S> {
         if self.left {
             return;
         }
+        self.expire_held(now);
         let stretch = self.stretch();
         let (next, period) = self.probe_tick_after(now, stretch);
         self.schedule(next, Timer::Probe);
@@ -49,14 +51,13 @@ impl<S: Store> Mesh<S> {
         };
         // Lifeguard's buddy system: a suspect target learns of its suspicion from the probe
         // itself, so it can refute even if gossip about it is slow.
-        let buddy = (member.state == MemberState::Suspect).then(|| Update::Suspect {
-            name: target.clone(),
-            incarnation: member.incarnation,
-            source: member
+        let buddy = (member.state == MemberState::Suspect).then(|| {
+            let source = member
                 .suspicion
                 .as_ref()
                 .and_then(|s| s.suspecters.first().cloned())
-                .unwrap_or_else(|| self.me.clone()),
+                .unwrap_or_else(|| self.me.clone());
+            member.accusation(&target, source, false)
         });
         let seq = self.next_seq();
         self.probe = Some(Probing {
@@ -272,11 +273,17 @@ impl<S: Store> Mesh<S> {
         (min, max, u32::try_from(k).unwrap_or(u32::MAX))
     }
 
+    /// Applies `name`'s own claim that it is alive at `addr` in life `incarnation`, whose
+    /// `signature` was checked, and passes it on by piggyback if `onward` says so. News about
+    /// this node itself is a previous life's (the caller checked it is this node's own
+    /// signature): it refutes.
     pub(super) fn on_alive(
         &mut self,
         name: NodeName,
         addr: SocketAddr,
         incarnation: u64,
+        signature: Signature,
+        onward: Onward,
         now: Time,
     ) {
         if name == self.me {
@@ -291,8 +298,10 @@ impl<S: Store> Mesh<S> {
                     self.counters.members_dropped += 1;
                     return;
                 }
-                self.members
-                    .insert(name.clone(), MemberEntry::alive(addr, incarnation, now));
+                self.members.insert(
+                    name.clone(),
+                    MemberEntry::alive(addr, incarnation, signature, now),
+                );
                 self.roster_grew = true;
                 self.members.set_live(&name);
             }
@@ -303,19 +312,12 @@ impl<S: Store> Mesh<S> {
                 let was = member.state;
                 member.incarnation = incarnation;
                 member.addr = addr;
+                member.signature = signature;
                 member.state = MemberState::Alive;
                 member.suspicion = None;
-                if was == MemberState::Alive {
-                    self.refresh_digest(&name);
-                    self.mark_dirty(&name);
-                    self.enqueue(Update::Alive {
-                        name,
-                        addr,
-                        incarnation,
-                    });
-                    return;
+                if was != MemberState::Alive {
+                    member.changed_at = now;
                 }
-                member.changed_at = now;
                 if !was.is_live() {
                     member.returned_at = Some(now);
                     self.members.set_live(&name);
@@ -329,11 +331,14 @@ impl<S: Store> Mesh<S> {
             addr,
             incarnation,
         });
-        self.enqueue(Update::Alive {
-            name,
-            addr,
-            incarnation,
-        });
+        if onward == Onward::Piggyback {
+            self.enqueue(Update::Alive {
+                name,
+                addr,
+                incarnation,
+                signature,
+            });
+        }
     }
 
     pub(super) fn on_suspect(
@@ -356,10 +361,12 @@ impl<S: Store> Mesh<S> {
         let Some(member) = self.members.get_mut(&name) else {
             return;
         };
-        if incarnation < member.incarnation || !member.state.is_live() {
+        // Callers pass the life this node holds: a higher one needs the member's signature,
+        // which makes it the held one first (see `claims`).
+        if incarnation != member.incarnation || !member.state.is_live() {
             return;
         }
-        if member.state == MemberState::Suspect && incarnation == member.incarnation {
+        if member.state == MemberState::Suspect {
             // A confirmation: counts only if independent and while it can still shrink the timeout.
             let Some(suspicion) = &mut member.suspicion else {
                 return;
@@ -371,6 +378,7 @@ impl<S: Store> Mesh<S> {
             }
             suspicion.token = token;
             let deadline = suspicion.deadline();
+            let update = member.accusation(&name, source, false);
             self.next_token += 1;
             self.schedule(
                 deadline.max(now),
@@ -379,11 +387,7 @@ impl<S: Store> Mesh<S> {
                     token,
                 },
             );
-            self.enqueue(Update::Suspect {
-                name,
-                incarnation,
-                source,
-            });
+            self.enqueue(update);
             return;
         }
         let suspicion = Suspicion {
@@ -395,10 +399,10 @@ impl<S: Store> Mesh<S> {
             token,
         };
         let deadline = suspicion.deadline();
-        member.incarnation = incarnation;
         member.state = MemberState::Suspect;
         member.changed_at = now;
         member.suspicion = Some(Box::new(suspicion));
+        let update = member.accusation(&name, source, false);
         self.counters.suspicions += 1;
         self.next_token += 1;
         self.refresh_digest(&name);
@@ -413,11 +417,7 @@ impl<S: Store> Mesh<S> {
             node: name.clone(),
             incarnation,
         });
-        self.enqueue(Update::Suspect {
-            name,
-            incarnation,
-            source,
-        });
+        self.enqueue(update);
     }
 
     pub(super) fn on_suspicion_timeout(&mut self, name: NodeName, token: u64, now: Time) {
@@ -439,8 +439,13 @@ impl<S: Store> Mesh<S> {
             .heard_at
             .is_some_and(|t| t > suspicion.started && now.saturating_since(t) < window)
         {
-            let source = suspicion.suspecters.first().cloned();
+            let source = suspicion
+                .suspecters
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.me.clone());
             let addr = member.addr;
+            let claim = member.accusation(&name, source, false);
             self.schedule(
                 now + self.config.probe_interval,
                 Timer::Suspicion {
@@ -448,11 +453,6 @@ impl<S: Store> Mesh<S> {
                     token,
                 },
             );
-            let claim = Update::Suspect {
-                name: name.clone(),
-                incarnation,
-                source: source.unwrap_or_else(|| self.me.clone()),
-            };
             self.tell(name, addr, claim);
             return;
         }
@@ -476,13 +476,13 @@ impl<S: Store> Mesh<S> {
         let Some(member) = self.members.get_mut(&name) else {
             return;
         };
-        if incarnation < member.incarnation || !member.state.is_live() {
+        if incarnation != member.incarnation || !member.state.is_live() {
             return;
         }
-        member.incarnation = incarnation;
         member.state = MemberState::Dead;
         member.changed_at = now;
         member.suspicion = None;
+        let update = member.accusation(&name, source, true);
         self.members.set_not_live(&name);
         self.recently_dead.push(name.clone());
         self.mark_dirty(&name);
@@ -492,14 +492,20 @@ impl<S: Store> Mesh<S> {
             node: name.clone(),
             incarnation,
         });
-        self.enqueue(Update::Dead {
-            name,
-            incarnation,
-            source,
-        });
+        self.enqueue(update);
     }
 
-    pub(super) fn on_left(&mut self, name: NodeName, incarnation: u64, now: Time) {
+    /// Applies `name`'s own claim that it left, at `addr` in life `incarnation`, whose
+    /// `signature` was checked, and passes it on by piggyback if `onward` says so.
+    pub(super) fn on_left(
+        &mut self,
+        name: NodeName,
+        addr: SocketAddr,
+        incarnation: u64,
+        signature: Signature,
+        onward: Onward,
+        now: Time,
+    ) {
         if name == self.me {
             // A leave from a previous life must not stick to this one.
             if !self.left && incarnation >= self.incarnation {
@@ -514,6 +520,8 @@ impl<S: Store> Mesh<S> {
             return;
         }
         member.incarnation = incarnation;
+        member.addr = addr;
+        member.signature = signature;
         member.state = MemberState::Left;
         member.changed_at = now;
         member.suspicion = None;
@@ -525,7 +533,14 @@ impl<S: Store> Mesh<S> {
             node: name.clone(),
             incarnation,
         });
-        self.enqueue(Update::Left { name, incarnation });
+        if onward == Onward::Piggyback {
+            self.enqueue(Update::Left {
+                name,
+                addr,
+                incarnation,
+                signature,
+            });
+        }
     }
 
     /// Notes a frame from `from`: direct evidence that it is up.
@@ -592,24 +607,11 @@ impl<S: Store> Mesh<S> {
         let tell_within = if dead { window.max(period) } else { period };
         if since.is_some_and(|d| d < tell_within) && member.told_above <= incarnation {
             let addr = member.addr;
+            let claim = member.accusation(name, source.clone(), dead);
             if let Some(m) = self.members.get_mut(name) {
                 m.told_above = incarnation.saturating_add(1);
             }
-            let (name, source) = (name.clone(), source.clone());
-            let claim = if dead {
-                Update::Dead {
-                    name: name.clone(),
-                    incarnation,
-                    source,
-                }
-            } else {
-                Update::Suspect {
-                    name: name.clone(),
-                    incarnation,
-                    source,
-                }
-            };
-            self.tell(name, addr, claim);
+            self.tell(name.clone(), addr, claim);
         }
         if (dead && heard) || self.across_a_cut(source, now) || self.across_a_cut(relay, now) {
             self.counters.accusations_dropped += 1;
@@ -641,7 +643,7 @@ impl<S: Store> Mesh<S> {
 
     /// Claims a higher incarnation than anything said about us, and persists it so a restart
     /// starts above it.
-    fn refute(&mut self, seen: u64, now: Time) {
+    pub(super) fn refute(&mut self, seen: u64, now: Time) {
         self.incarnation = self.incarnation.max(seen).saturating_add(1);
         self.changed_at = now;
         self.urgent = true;
@@ -655,10 +657,12 @@ impl<S: Store> Mesh<S> {
             // than what others saw, their news about us makes us refute again.
             self.counters.store_write_failures += 1;
         }
+        self.own_claim = self.sign(&claim::alive(&self.me, self.addr, self.incarnation));
         let update = Update::Alive {
             name: self.me.clone(),
             addr: self.addr,
             incarnation: self.incarnation,
+            signature: self.own_claim,
         };
         self.enqueue(update);
     }

@@ -98,7 +98,9 @@ mod tests {
     fn view(me: usize, n: usize) -> Members {
         let mut members = Members::new(me as u64);
         for i in (0..n).filter(|&i| i != me) {
-            let entry = MemberEntry::alive("127.0.0.1:1".parse().unwrap(), 1, Time::ZERO);
+            let signature = crate::codec::Signature::new(0, [0; 64]);
+            let entry =
+                MemberEntry::alive("127.0.0.1:1".parse().unwrap(), 1, signature, Time::ZERO);
             members.insert(name(i), entry);
             members.set_live(&name(i));
         }

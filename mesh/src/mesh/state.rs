@@ -1,11 +1,12 @@
 //! Owner-versioned replicated state (DESIGN section 4): this node's own writes, the bounds they
 //! must keep, and the rule for received records: keep the highest `(generation, version)`, and
-//! never let a record about this node's own keys override what it wrote.
+//! never let a record about this node's own keys override what it wrote. Every record is
+//! signed by its owner; `claims` checks the signature of a received one before it is applied.
 
 use super::Mesh;
 use super::digest::entry_hash;
-use super::entries::Entry;
-use crate::codec::StateRecord;
+use super::entries::{Entry, Onward};
+use crate::codec::{StateRecord, claim};
 use crate::store::Store;
 use crate::{Error, Event, NodeName, Time};
 
@@ -57,17 +58,26 @@ impl<S: Store> Mesh<S> {
         now: Time,
     ) {
         self.state_version += 1;
+        let signature = self.sign(&claim::state(
+            &self.me,
+            &key,
+            self.generation,
+            self.state_version,
+            value.as_deref(),
+        ));
         let record = StateRecord {
             owner: self.me.clone(),
             key: key.clone(),
             generation: self.generation,
             version: self.state_version,
             value: value.clone(),
+            signature,
         };
         let entry = Entry {
             generation: self.generation,
             version: self.state_version,
             value,
+            signature,
             changed_at: now,
         };
         let me = self.me.clone();
@@ -81,7 +91,7 @@ impl<S: Store> Mesh<S> {
         });
     }
 
-    fn record_in_bounds(&self, record: &StateRecord) -> bool {
+    pub(super) fn record_in_bounds(&self, record: &StateRecord) -> bool {
         !record.key.is_empty()
             && record.key.len() <= self.config.state_key_size_max
             && record
@@ -90,41 +100,35 @@ impl<S: Store> Mesh<S> {
                 .is_none_or(|v| v.len() <= self.config.state_value_size_max)
     }
 
-    /// Applies a received record. `onward` says whether it goes on by piggyback: a record that
-    /// came by piggyback does, as rumours do; one that came in a stream exchange (a push/pull or
-    /// an anti-entropy delta) does not, since the exchange is the repair path and anti-entropy
-    /// completes what it leaves out, as memberlist merges a push/pull's user state without
-    /// broadcasting it. Without this rule every node joining through a seed would piggyback the
-    /// whole state the seed gave it.
-    pub(super) fn on_state(&mut self, record: StateRecord, onward: Onward, now: Time) {
-        if !self.record_in_bounds(&record) {
-            self.counters.bad_records += 1;
-            return;
-        }
-        if record.owner == self.me {
-            self.on_own_record(record, now);
-            return;
-        }
-        if !self.members.contains_key(&record.owner) {
-            // Membership news comes first (and in the same anti-entropy bucket), so an entry of
-            // an unknown owner is either early or about a collected member: safe to skip.
-            return;
-        }
-        let keys_max = self.config.state_keys_max;
-        let map = self.entries.entry(record.owner.clone()).or_default();
-        match map.get(&record.key) {
-            Some(e) if (e.generation, e.version) >= (record.generation, record.version) => return,
-            None if record.value.is_none() => return,
-            None if map.len() >= keys_max => {
+    /// Whether a received record of another owner would change what this node holds: newer
+    /// than its entry, and not a tombstone of a key it never held. Counts a new key refused by
+    /// `state_keys_max`.
+    pub(super) fn state_news(&mut self, record: &StateRecord) -> bool {
+        let map = self.entries.get(&record.owner);
+        match map.and_then(|m| m.get(&record.key)) {
+            Some(e) => (e.generation, e.version) < (record.generation, record.version),
+            None if record.value.is_none() => false,
+            None if map.is_some_and(|m| m.len() >= self.config.state_keys_max) => {
                 self.counters.state_dropped += 1;
-                return;
+                false
             }
-            _ => {}
+            None => true,
         }
+    }
+
+    /// Applies a received record of another owner, which [`Mesh::state_news`] accepted and
+    /// whose signature was checked. `onward` says whether it goes on by piggyback: a record
+    /// that came by piggyback does, as rumours do; one that came in a stream exchange (a
+    /// push/pull or an anti-entropy delta) does not, since the exchange is the repair path and
+    /// anti-entropy completes what it leaves out, as memberlist merges a push/pull's user state
+    /// without broadcasting it. Without this rule every node joining through a seed would
+    /// piggyback the whole state the seed gave it.
+    pub(super) fn apply_state(&mut self, record: StateRecord, onward: Onward, now: Time) {
         let entry = Entry {
             generation: record.generation,
             version: record.version,
             value: record.value.clone(),
+            signature: record.signature,
             changed_at: now,
         };
         self.set_entry(&record.owner, &record.key, entry);
@@ -137,17 +141,22 @@ impl<S: Store> Mesh<S> {
         }
     }
 
-    /// Someone holds an entry of ours that this life did not write (a previous life's key that
-    /// was not written again): the owner buries it with a newer tombstone.
-    fn on_own_record(&mut self, record: StateRecord, now: Time) {
-        let map = self.entries.entry(self.me.clone()).or_default();
-        let known = map.get(&record.key);
-        if known.is_some_and(|e| (e.generation, e.version) >= (record.generation, record.version)) {
-            return;
+    /// Whether a received record of this node's own keys is newer than what this life wrote:
+    /// a previous life's key that was not written again.
+    pub(super) fn own_record_news(&self, record: &StateRecord) -> bool {
+        let map = self.entries.get(&self.me);
+        match map.and_then(|m| m.get(&record.key)) {
+            Some(e) => (e.generation, e.version) < (record.generation, record.version),
+            None => {
+                record.value.is_some() && map.is_none_or(|m| m.len() < self.config.state_keys_max)
+            }
         }
-        if known.is_none() && (record.value.is_none() || map.len() >= self.config.state_keys_max) {
-            return;
-        }
+    }
+
+    /// Someone holds an entry of ours that this life did not write (a previous life's key,
+    /// signed by this node, that [`Mesh::own_record_news`] found newer): the owner buries it
+    /// with a newer tombstone.
+    pub(super) fn bury_own_record(&mut self, record: StateRecord, now: Time) {
         if record.generation == self.generation {
             self.state_version = self.state_version.max(record.version);
         }
@@ -176,16 +185,6 @@ impl<S: Store> Mesh<S> {
     }
 }
 
-/// Whether a record of replicated state goes on by piggyback from this node, or by the stream
-/// exchanges only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Onward {
-    /// Queued for piggyback, then carried by the stream exchanges too.
-    Piggyback,
-    /// Carried by the stream exchanges only.
-    StreamsOnly,
-}
-
 pub(super) fn state_record(owner: &NodeName, key: &str, e: &Entry) -> StateRecord {
     StateRecord {
         owner: owner.clone(),
@@ -193,5 +192,6 @@ pub(super) fn state_record(owner: &NodeName, key: &str, e: &Entry) -> StateRecor
         generation: e.generation,
         version: e.version,
         value: e.value.clone(),
+        signature: e.signature,
     }
 }

@@ -9,14 +9,17 @@ use std::net::SocketAddr;
 use super::digest::summary;
 #[cfg(test)]
 use super::digest::{Digest, entry_hash};
-use super::state::{Onward, state_record};
+use super::entries::Onward;
+use super::state::state_record;
 use super::{MESSAGE_OVERHEAD, Mesh, sample, shuffle};
-use crate::codec::{self, Body, MemberRecord, MemberState, Message, StateRecord};
+use crate::codec::{
+    self, Body, CertificateRecord, MemberRecord, MemberState, Message, StateRecord,
+};
 use crate::store::Store;
 use crate::{NodeName, Output, Target, Time};
 
 impl<S: Store> Mesh<S> {
-    fn send_message(&mut self, to: Target, body: Body) {
+    pub(super) fn send_message(&mut self, to: Target, body: Body) {
         let bytes = codec::encode_message(&Message {
             addr: self.addr,
             body,
@@ -35,23 +38,36 @@ impl<S: Store> Mesh<S> {
             } else {
                 MemberState::Alive
             },
+            signature: self.own_claim,
         }
     }
 
+    /// A full push/pull: every member with its certificate, so the receiver can check each
+    /// one's claims without asking, then every state entry, as many as `message_size_max`
+    /// allows.
     pub(super) fn send_push_pull(&mut self, to: Target, reply: bool) {
         let mut budget = self.config.message_size_max - MESSAGE_OVERHEAD;
         let mut truncated = false;
         let mut members = Vec::new();
-        let records = std::iter::once(self.my_record())
-            .chain(self.members.sorted().into_iter().map(|(n, m)| m.record(n)));
-        for record in records {
-            let size = codec::body_size(&record);
+        let mut certificates = Vec::new();
+        let own = (self.my_record(), self.signatures.certificate());
+        let others = self.members.sorted().into_iter().filter_map(|(n, m)| {
+            let (_, credential) = self.credentials.get(n)?;
+            Some((m.record(n), credential.certificate.clone()))
+        });
+        for (record, der) in std::iter::once(own).chain(others) {
+            let certificate = CertificateRecord {
+                name: record.name.clone(),
+                der: der.to_vec(),
+            };
+            let size = codec::body_size(&record) + codec::body_size(&certificate);
             if size > budget {
                 truncated = true;
                 break;
             }
             budget -= size;
             members.push(record);
+            certificates.push(certificate);
         }
         let mut entries = Vec::new();
         'owners: for (owner, map) in &self.entries {
@@ -76,6 +92,7 @@ impl<S: Store> Mesh<S> {
                 reply,
                 members,
                 entries,
+                certificates,
             },
         );
     }
@@ -278,12 +295,15 @@ impl<S: Store> Mesh<S> {
                 reply,
                 members,
                 entries,
+                certificates,
             } => {
-                self.apply_records(&from, members, entries, now);
+                self.apply_records(&from, members, entries, &certificates, now);
                 if reply {
                     self.send_push_pull(reply_to, false);
                 }
             }
+            Body::CertificatesWanted { names } => self.answer_certificates(reply_to, names),
+            Body::Certificates { certificates } => self.on_certificates(certificates, now),
             Body::SyncSummary { hash } => {
                 let digest = self.digest();
                 if summary(&digest) != hash {
@@ -336,7 +356,7 @@ impl<S: Store> Mesh<S> {
                     .iter()
                     .map(|r| ((r.owner.clone(), r.key.clone()), (r.generation, r.version)))
                     .collect();
-                self.apply_records(&from, members, entries, now);
+                self.apply_records(&from, members, entries, &[], now);
                 if !reply {
                     return;
                 }
@@ -368,40 +388,30 @@ impl<S: Store> Mesh<S> {
         }
     }
 
+    /// Receives the records of a push/pull or an anti-entropy delta from `from`, members
+    /// first; `certificates` are those the message carried. What an exchange teaches goes on
+    /// by the exchanges only, except the sender's own record: a node introducing itself in
+    /// its join push/pull is news that its seed spreads by gossip. Without this rule every
+    /// node joining through a seed would gossip the whole roster the seed gave it, each Alive
+    /// with its 68-byte signature.
     fn apply_records(
         &mut self,
         from: &NodeName,
         members: Vec<MemberRecord>,
         entries: Vec<StateRecord>,
+        certificates: &[CertificateRecord],
         now: Time,
     ) {
         for record in members {
-            self.apply_record(record, from, now);
+            let onward = if record.name == *from {
+                Onward::Piggyback
+            } else {
+                Onward::StreamsOnly
+            };
+            self.receive_member(record, onward, from, certificates, now);
         }
         for record in entries {
-            self.on_state(record, Onward::StreamsOnly, now);
-        }
-    }
-
-    /// Applies a member record from a push/pull or an anti-entropy delta. A death learned this
-    /// way only raises a suspicion: the sender may be on the other side of a partition that just
-    /// healed, and the accused node deserves the chance to refute.
-    fn apply_record(&mut self, record: MemberRecord, from: &NodeName, now: Time) {
-        let MemberRecord {
-            name,
-            addr,
-            incarnation,
-            state,
-        } = record;
-        match state {
-            MemberState::Alive => self.on_alive(name, addr, incarnation, now),
-            MemberState::Suspect | MemberState::Dead => {
-                let dead = state == MemberState::Dead;
-                if !self.doubts(&name, incarnation, from, from, dead, now) {
-                    self.on_suspect(name, incarnation, from.clone(), now);
-                }
-            }
-            MemberState::Left => self.on_left(name, incarnation, now),
+            self.receive_state(record, Onward::StreamsOnly, from, certificates, now);
         }
     }
 }

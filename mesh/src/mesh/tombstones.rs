@@ -37,6 +37,7 @@ impl<S: Store> Mesh<S> {
             self.members.remove(&name);
             self.entries.remove(&name);
             self.digest.forget(&name);
+            self.counters.claims_dropped += self.credentials.forget(&name) as u64;
             self.mark_dirty(&name);
             self.counters.tombstones_collected += 1;
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::{ErrorCode, MemStore, PodStatus};
+use crate::{ErrorCode, HashAuthority, MemStore, PodStatus};
 
 fn name(i: usize) -> NodeName {
     format!("n{}", i + 1).parse().unwrap()
@@ -45,6 +45,7 @@ impl Pair {
                     name(i),
                     addr(i),
                     MemStore::new(),
+                    Box::new(HashAuthority::new(1, 64).signer(&name(i))),
                     i as u64 + 7,
                     Time::ZERO,
                     wall_start(i),

@@ -84,6 +84,7 @@ impl Sim {
                 self.figures.duplicates_answered += c.duplicates;
                 self.figures.delivery_batches += c.delivery_batches;
                 self.figures.delivery_batches_failed += c.delivery_batches_failed;
+                super::add_claims(&mut self.claims, r.mesh().counters());
             }
         }
         let n = self.scenario.nodes;
@@ -161,6 +162,7 @@ impl Sim {
             log_hash: format!("{:016x}", self.hash.0),
             membership: metrics,
             peers: self.figures,
+            claims: self.claims,
             budgets,
             violations: self.checker.into_violations(),
             samples: self.observer.samples().to_vec(),
