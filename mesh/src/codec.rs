@@ -161,23 +161,21 @@ pub(crate) enum Update {
         incarnation: u64,
         signature: Signature,
     },
-    /// `source` suspects `name` in its life `incarnation`, in which `name` was at `addr`:
-    /// `signature` is `name`'s own, of its Alive in that life, so an accusation is only ever
-    /// at an incarnation the accused signed, and the accused can always refute.
+    /// `source` suspects `name` in its life `incarnation`. An accusation only ever stands at
+    /// an incarnation the accused signed, so the accused can always refute: at the one the
+    /// receiver holds, or, with `life`, at the one `life` proves.
     Suspect {
         name: NodeName,
-        addr: SocketAddr,
         incarnation: u64,
-        signature: Signature,
         source: NodeName,
+        life: Option<Life>,
     },
-    /// `source` declared `name` dead in its life `incarnation`; signed as [`Update::Suspect`].
+    /// `source` declared `name` dead in its life `incarnation`; as [`Update::Suspect`].
     Dead {
         name: NodeName,
-        addr: SocketAddr,
         incarnation: u64,
-        signature: Signature,
         source: NodeName,
+        life: Option<Life>,
     },
     /// Signed by `name`.
     Left {
@@ -189,6 +187,16 @@ pub(crate) enum Update {
     /// Boxed: state updates are the largest and the rarest, and every queued update pays for
     /// the inline size of the largest.
     State(Box<StateRecord>),
+}
+
+/// The accused's own Alive in the life an accusation is about: where it was, and its signature.
+/// An accusation carries it while that life is new, when some receivers may still hold an older
+/// one: the accusation then also brings them the newer life, which ends a suspicion of the
+/// older one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Life {
+    pub(crate) addr: SocketAddr,
+    pub(crate) signature: Signature,
 }
 
 /// One replicated state entry; `value` None is a deletion tombstone. Signed by `owner`.
@@ -574,6 +582,13 @@ mod tests {
             )
     }
 
+    fn life_strategy() -> impl Strategy<Value = Option<Life>> {
+        proptest::option::of(
+            (addr_strategy(), signature_strategy())
+                .prop_map(|(addr, signature)| Life { addr, signature }),
+        )
+    }
+
     fn certificate_strategy() -> impl Strategy<Value = CertificateRecord> {
         (
             name_strategy(),
@@ -615,35 +630,27 @@ mod tests {
                 }),
             (
                 name_strategy(),
-                addr_strategy(),
                 any::<u64>(),
-                signature_strategy(),
-                name_strategy()
+                name_strategy(),
+                life_strategy()
             )
-                .prop_map(|(name, addr, incarnation, signature, source)| {
-                    Update::Suspect {
-                        name,
-                        addr,
-                        incarnation,
-                        signature,
-                        source,
-                    }
+                .prop_map(|(name, incarnation, source, life)| Update::Suspect {
+                    name,
+                    incarnation,
+                    source,
+                    life
                 }),
             (
                 name_strategy(),
-                addr_strategy(),
                 any::<u64>(),
-                signature_strategy(),
-                name_strategy()
+                name_strategy(),
+                life_strategy()
             )
-                .prop_map(|(name, addr, incarnation, signature, source)| {
-                    Update::Dead {
-                        name,
-                        addr,
-                        incarnation,
-                        signature,
-                        source,
-                    }
+                .prop_map(|(name, incarnation, source, life)| Update::Dead {
+                    name,
+                    incarnation,
+                    source,
+                    life
                 }),
             (
                 name_strategy(),

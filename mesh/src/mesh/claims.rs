@@ -18,7 +18,7 @@ use super::Mesh;
 use super::credentials::{HeldClaim, Hold};
 use super::entries::Onward;
 use crate::codec::{
-    Body, CertificateRecord, MemberRecord, MemberState, Signature, StateRecord, claim,
+    Body, CertificateRecord, Life, MemberRecord, MemberState, Signature, StateRecord, claim,
 };
 use crate::signing::{Credential, Signatures, key_id};
 use crate::store::Store;
@@ -33,6 +33,20 @@ enum Check {
     Refused,
     /// Signed under a certificate this node does not hold.
     Unknown,
+}
+
+/// A claim that a member is suspect or dead in one of its lives.
+pub(super) struct Accusation {
+    pub(super) name: NodeName,
+    pub(super) incarnation: u64,
+    /// The accused's own Alive in that life, needed where this node holds an older one.
+    pub(super) life: Option<Life>,
+    /// Dead rather than suspect.
+    pub(super) dead: bool,
+    /// The member that first made it.
+    pub(super) source: NodeName,
+    /// From gossip, where a death is a verdict, rather than a stream exchange's record.
+    pub(super) gossip: bool,
 }
 
 /// What a message carried of the certificate a claim names.
@@ -77,7 +91,18 @@ impl<S: Store> Mesh<S> {
         now: Time,
     ) {
         if matches!(record.state, MemberState::Suspect | MemberState::Dead) {
-            self.receive_accusation(record, relay, relay, false, now);
+            let accusation = Accusation {
+                name: record.name,
+                incarnation: record.incarnation,
+                life: Some(Life {
+                    addr: record.addr,
+                    signature: record.signature,
+                }),
+                dead: record.state == MemberState::Dead,
+                source: relay.clone(),
+                gossip: false,
+            };
+            self.receive_accusation(accusation, relay, now);
             return;
         }
         if !self.member_news(&record) {
@@ -143,33 +168,51 @@ impl<S: Store> Mesh<S> {
         }
     }
 
-    /// Receives the claim, first made by `source` and sent by `relay`, that a member is
-    /// suspect or dead in the life of `record`, which carries the member's signature of it:
-    /// from `gossip`, or as a record of a stream exchange. A death learned from a stream
-    /// exchange only raises a suspicion: the sender may be on the other side of a partition
-    /// that just healed, and the accused deserves the chance to refute.
+    /// Receives an accusation that `relay` sent: from gossip, or a stream exchange's record of
+    /// a suspect or dead member.
     pub(super) fn receive_accusation(
         &mut self,
-        record: MemberRecord,
-        source: &NodeName,
+        accusation: Accusation,
         relay: &NodeName,
-        gossip: bool,
         now: Time,
     ) {
-        if !self.accusation_signed(&record.name, record.incarnation) {
+        let Accusation {
+            name,
+            incarnation,
+            life,
+            dead,
+            source,
+            gossip,
+        } = accusation;
+        if !self.accusation_signed(&name, incarnation) {
+            // A life this node has not heard of: it stands only with the accused's signature
+            // of it, which makes the accused alive in that life (ending a suspicion of an
+            // older one) before it is accused in it.
+            let Some(Life { addr, signature }) = life else {
+                return;
+            };
+            let record = MemberRecord {
+                name,
+                addr,
+                incarnation,
+                state: if dead {
+                    MemberState::Dead
+                } else {
+                    MemberState::Suspect
+                },
+                signature,
+            };
             if !self.member_news(&record) {
                 return;
             }
-            let claim = claim::alive(&record.name, record.addr, record.incarnation);
-            match self.check(&record.name, &claim, &record.signature, &[]) {
-                // The member signed this newer life, so it is alive in it (which ends a
-                // suspicion of an older life), and accused in it. The accusation goes on; the
-                // Alive it carries needs no rumour of its own.
+            let claim = claim::alive(&record.name, addr, incarnation);
+            match self.check(&record.name, &claim, &signature, &[]) {
+                // The Alive it carries needs no rumour of its own: the accusation goes on.
                 Check::Valid => self.on_alive(
                     record.name.clone(),
-                    record.addr,
-                    record.incarnation,
-                    record.signature,
+                    addr,
+                    incarnation,
+                    signature,
                     Onward::StreamsOnly,
                     now,
                 ),
@@ -178,7 +221,7 @@ impl<S: Store> Mesh<S> {
                     return;
                 }
                 Check::Unknown if record.name != self.me => {
-                    let (subject, key_id) = (record.name.clone(), record.signature.key_id());
+                    let (subject, key_id) = (record.name.clone(), signature.key_id());
                     let claim = HeldClaim::Member {
                         record,
                         relay: relay.clone(),
@@ -189,15 +232,29 @@ impl<S: Store> Mesh<S> {
                 }
                 Check::Unknown => return,
             }
+            return self.receive_accusation(
+                Accusation {
+                    name: record.name,
+                    incarnation,
+                    life: None,
+                    dead,
+                    source,
+                    gossip,
+                },
+                relay,
+                now,
+            );
         }
-        let dead = record.state == MemberState::Dead;
-        if self.doubts(&record.name, record.incarnation, source, relay, dead, now) {
+        if self.doubts(&name, incarnation, &source, relay, dead, now) {
             return;
         }
+        // A death from a stream exchange only raises a suspicion: the sender may be on the
+        // other side of a partition that just healed, and the accused deserves the chance to
+        // refute.
         if dead && gossip {
-            self.on_dead(record.name, record.incarnation, source.clone(), now);
+            self.on_dead(name, incarnation, source, now);
         } else {
-            self.on_suspect(record.name, record.incarnation, source.clone(), now);
+            self.on_suspect(name, incarnation, source, now);
         }
     }
 

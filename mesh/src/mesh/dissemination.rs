@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use rand::Rng;
 
+use super::claims::Accusation;
 use super::entries::Onward;
 use super::{Mesh, SEQ_LEN_SLACK, sample};
 use crate::codec::{self, Datagram, MemberRecord, MemberState, Probe, StateRecord, Update};
@@ -165,6 +166,7 @@ impl<S: Store> Mesh<S> {
     /// their signature check, and accusations carry their subject's signature of the life
     /// they accuse it in (`claims`).
     pub(super) fn apply_update(&mut self, update: Update, relay: &NodeName, now: Time) {
+        let dead = matches!(update, Update::Dead { .. });
         match update {
             Update::Alive {
                 name,
@@ -198,35 +200,25 @@ impl<S: Store> Mesh<S> {
             }
             Update::Suspect {
                 name,
-                addr,
                 incarnation,
-                signature,
                 source,
-            } => {
-                let record = MemberRecord {
-                    name,
-                    addr,
-                    incarnation,
-                    state: MemberState::Suspect,
-                    signature,
-                };
-                self.receive_accusation(record, &source, relay, true, now);
+                life,
             }
-            Update::Dead {
+            | Update::Dead {
                 name,
-                addr,
                 incarnation,
-                signature,
                 source,
+                life,
             } => {
-                let record = MemberRecord {
+                let accusation = Accusation {
                     name,
-                    addr,
                     incarnation,
-                    state: MemberState::Dead,
-                    signature,
+                    life,
+                    dead,
+                    source,
+                    gossip: true,
                 };
-                self.receive_accusation(record, &source, relay, true, now);
+                self.receive_accusation(accusation, relay, now);
             }
             Update::State(record) => {
                 self.receive_state(*record, Onward::Piggyback, relay, &[], now)

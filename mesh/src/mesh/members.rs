@@ -15,6 +15,7 @@
 
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
@@ -22,7 +23,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::suspicion::Suspicion;
-use crate::codec::{MemberRecord, MemberState, Signature, Update};
+use crate::codec::{Life, MemberRecord, MemberState, Signature, Update};
 use crate::{NodeName, Time};
 
 /// The `live_at` of a member that is not in the roster.
@@ -38,6 +39,9 @@ pub(super) struct MemberEntry {
     pub(super) signature: Signature,
     pub(super) state: MemberState,
     pub(super) changed_at: Time,
+    /// When this node learnt that the member lives in `incarnation`: while that life is new,
+    /// accusations of the member carry its signature of it.
+    pub(super) life_since: Time,
     /// Boxed: few members are suspected at a time, and every member view pays for the inline size.
     pub(super) suspicion: Option<Box<Suspicion>>,
     /// Position in the roster of live members, or [`NOT_LIVE`].
@@ -69,6 +73,7 @@ impl MemberEntry {
             signature,
             state: MemberState::Alive,
             changed_at: now,
+            life_since: now,
             suspicion: None,
             live_at: NOT_LIVE,
             digested: 0,
@@ -79,25 +84,35 @@ impl MemberEntry {
     }
 
     /// The claim that this member, `name`, is suspect (or `dead`) in the life this node holds,
-    /// first made by `source`, with the member's own signature of that life.
-    pub(super) fn accusation(&self, name: &NodeName, source: NodeName, dead: bool) -> Update {
-        let (name, addr, incarnation, signature) =
-            (name.clone(), self.addr, self.incarnation, self.signature);
+    /// first made by `source`. While this node learnt of that life less than `new_for` before
+    /// `now`, the claim carries the member's own signature of it: some receivers may still
+    /// hold an older life.
+    pub(super) fn accusation(
+        &self,
+        name: &NodeName,
+        source: NodeName,
+        dead: bool,
+        now: Time,
+        new_for: Duration,
+    ) -> Update {
+        let life = (now.saturating_since(self.life_since) < new_for).then_some(Life {
+            addr: self.addr,
+            signature: self.signature,
+        });
+        let (name, incarnation) = (name.clone(), self.incarnation);
         if dead {
             Update::Dead {
                 name,
-                addr,
                 incarnation,
-                signature,
                 source,
+                life,
             }
         } else {
             Update::Suspect {
                 name,
-                addr,
                 incarnation,
-                signature,
                 source,
+                life,
             }
         }
     }

@@ -36,6 +36,7 @@ impl<S: Store> Mesh<S> {
             return;
         }
         self.expire_held(now);
+        let new_for = self.config.gossip_to_dead;
         let stretch = self.stretch();
         let (next, period) = self.probe_tick_after(now, stretch);
         self.schedule(next, Timer::Probe);
@@ -57,7 +58,7 @@ impl<S: Store> Mesh<S> {
                 .as_ref()
                 .and_then(|s| s.suspecters.first().cloned())
                 .unwrap_or_else(|| self.me.clone());
-            member.accusation(&target, source, false)
+            member.accusation(&target, source, false, now, new_for)
         });
         let seq = self.next_seq();
         self.probe = Some(Probing {
@@ -274,9 +275,9 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Applies `name`'s own claim that it is alive at `addr` in life `incarnation`, whose
-    /// `signature` was checked, and passes it on by piggyback if `onward` says so. News about
-    /// this node itself is a previous life's (the caller checked it is this node's own
-    /// signature): it refutes.
+    /// `signature` was checked. It goes on by piggyback unless it introduces the member and
+    /// `onward` says the stream exchanges carry it. News about this node itself is a previous
+    /// life's (the caller checked it is this node's own signature): it refutes.
     pub(super) fn on_alive(
         &mut self,
         name: NodeName,
@@ -292,6 +293,7 @@ impl<S: Store> Mesh<S> {
             }
             return;
         }
+        let introduced = !self.members.contains_key(&name);
         match self.members.get_mut(&name) {
             None => {
                 if self.members.len() >= self.config.members_max {
@@ -313,6 +315,7 @@ impl<S: Store> Mesh<S> {
                 member.incarnation = incarnation;
                 member.addr = addr;
                 member.signature = signature;
+                member.life_since = now;
                 member.state = MemberState::Alive;
                 member.suspicion = None;
                 if was != MemberState::Alive {
@@ -331,7 +334,9 @@ impl<S: Store> Mesh<S> {
             addr,
             incarnation,
         });
-        if onward == Onward::Piggyback {
+        // A member's new life is news to spread however it arrived (a refutation, a return
+        // after a cut); only an introduction learnt from a stream exchange stays off gossip.
+        if onward == Onward::Piggyback || !introduced {
             self.enqueue(Update::Alive {
                 name,
                 addr,
@@ -357,6 +362,7 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let (min, max, k) = self.suspicion_bounds();
+        let new_for = self.config.gossip_to_dead;
         let token = self.next_token;
         let Some(member) = self.members.get_mut(&name) else {
             return;
@@ -378,7 +384,7 @@ impl<S: Store> Mesh<S> {
             }
             suspicion.token = token;
             let deadline = suspicion.deadline();
-            let update = member.accusation(&name, source, false);
+            let update = member.accusation(&name, source, false, now, new_for);
             self.next_token += 1;
             self.schedule(
                 deadline.max(now),
@@ -402,7 +408,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Suspect;
         member.changed_at = now;
         member.suspicion = Some(Box::new(suspicion));
-        let update = member.accusation(&name, source, false);
+        let update = member.accusation(&name, source, false, now, new_for);
         self.counters.suspicions += 1;
         self.next_token += 1;
         self.refresh_digest(&name);
@@ -431,6 +437,7 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let incarnation = member.incarnation;
+        let new_for = self.config.gossip_to_dead;
         // It spoke to this node since the suspicion began, and lately: it is up, and only has
         // not heard. Tell it again and wait one more period; a crash ends what it says, so
         // this never shields one for longer than the evidence window.
@@ -445,7 +452,7 @@ impl<S: Store> Mesh<S> {
                 .cloned()
                 .unwrap_or_else(|| self.me.clone());
             let addr = member.addr;
-            let claim = member.accusation(&name, source, false);
+            let claim = member.accusation(&name, source, false, now, new_for);
             self.schedule(
                 now + self.config.probe_interval,
                 Timer::Suspicion {
@@ -473,6 +480,7 @@ impl<S: Store> Mesh<S> {
             }
             return;
         }
+        let new_for = self.config.gossip_to_dead;
         let Some(member) = self.members.get_mut(&name) else {
             return;
         };
@@ -482,7 +490,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Dead;
         member.changed_at = now;
         member.suspicion = None;
-        let update = member.accusation(&name, source, true);
+        let update = member.accusation(&name, source, true, now, new_for);
         self.members.set_not_live(&name);
         self.recently_dead.push(name.clone());
         self.mark_dirty(&name);
@@ -593,6 +601,7 @@ impl<S: Store> Mesh<S> {
         now: Time,
     ) -> bool {
         let window = self.evidence_window();
+        let new_for = self.config.gossip_to_dead;
         let Some(member) = self.members.get(name) else {
             return false;
         };
@@ -607,7 +616,7 @@ impl<S: Store> Mesh<S> {
         let tell_within = if dead { window.max(period) } else { period };
         if since.is_some_and(|d| d < tell_within) && member.told_above <= incarnation {
             let addr = member.addr;
-            let claim = member.accusation(name, source.clone(), dead);
+            let claim = member.accusation(name, source.clone(), dead, now, new_for);
             if let Some(m) = self.members.get_mut(name) {
                 m.told_above = incarnation.saturating_add(1);
             }

@@ -644,10 +644,9 @@ fn an_expelled_member_is_dead_here_at_once_and_the_verdict_spreads() {
 fn suspect(i: usize, incarnation: u64, source: usize) -> Update {
     Update::Suspect {
         name: name(i),
-        addr: addr(i),
         incarnation,
-        signature: signed(i, &claim::alive(&name(i), addr(i), incarnation)),
         source: name(source),
+        life: Some(life(i, incarnation)),
     }
 }
 
@@ -655,10 +654,17 @@ fn suspect(i: usize, incarnation: u64, source: usize) -> Update {
 fn dead(i: usize, incarnation: u64, source: usize) -> Update {
     Update::Dead {
         name: name(i),
-        addr: addr(i),
         incarnation,
-        signature: signed(i, &claim::alive(&name(i), addr(i), incarnation)),
         source: name(source),
+        life: Some(life(i, incarnation)),
+    }
+}
+
+/// Node `i`'s own Alive in its life `incarnation`, as accusations carry it.
+fn life(i: usize, incarnation: u64) -> codec::Life {
+    codec::Life {
+        addr: addr(i),
+        signature: signed(i, &claim::alive(&name(i), addr(i), incarnation)),
     }
 }
 
@@ -1885,10 +1891,16 @@ mod fuzz {
                     };
                     if let (
                         Some(forger),
-                        Update::Suspect { signature, .. } | Update::Dead { signature, .. },
+                        Update::Suspect {
+                            life: Some(life), ..
+                        }
+                        | Update::Dead {
+                            life: Some(life), ..
+                        },
                     ) = (forged, &mut update)
                     {
-                        *signature = signed(forger, &claim::alive(&name(i), addr(i), incarnation));
+                        life.signature =
+                            signed(forger, &claim::alive(&name(i), addr(i), incarnation));
                     }
                     update
                 }),

@@ -208,8 +208,14 @@ fn an_accusation_above_any_signed_incarnation_is_dropped_so_the_accused_can_refu
     let mut at_top = suspect(0, u64::MAX, FORGER);
     let mut n2_at_top = dead(2, u64::MAX, FORGER);
     for (subject, update) in [(0, &mut at_top), (2, &mut n2_at_top)] {
-        if let Update::Suspect { signature, .. } | Update::Dead { signature, .. } = update {
-            *signature = signed(
+        if let Update::Suspect {
+            life: Some(life), ..
+        }
+        | Update::Dead {
+            life: Some(life), ..
+        } = update
+        {
+            life.signature = signed(
                 FORGER,
                 &claim::alive(&name(subject), addr(subject), u64::MAX),
             );
