@@ -185,6 +185,8 @@ pub struct Mesh<S> {
     /// roster is still growing (a join), so the next round comes after
     /// [`FIRST_SYNC_PROBE_PERIODS`] rather than `sync_interval`.
     roster_grew: bool,
+    /// When the next anti-entropy round is due; a [`Timer::Sync`] that fires earlier is stale.
+    next_sync: Time,
     next_token: u64,
     counters: Counters,
 }
@@ -285,6 +287,7 @@ impl<S: Store> Mesh<S> {
             full_rewrite: true,
             urgent: false,
             roster_grew: false,
+            next_sync: Time::ZERO,
             next_token: 0,
             counters,
             config,
@@ -303,6 +306,7 @@ impl<S: Store> Mesh<S> {
             + mesh.jitter(mesh.config.probe_interval);
         mesh.schedule(probe_at, Timer::Probe);
         mesh.schedule(now + mesh.config.gossip_interval, Timer::Gossip);
+        mesh.next_sync = sync_at;
         mesh.schedule(sync_at, Timer::Sync);
         mesh.schedule(now, Timer::Reconnect);
         mesh.schedule(now + mesh.config.persist_interval, Timer::Persist);
@@ -606,6 +610,23 @@ impl<S: Store> Mesh<S> {
         }
     }
 
+    /// Brings the next anti-entropy round forward to within about a probe period, when a
+    /// member this node did not know arrived or one it held dead or gone came back, and the
+    /// round is far off. After a cut heals, every node has half the mesh's refutations to
+    /// learn: signed, they are too big for gossip to carry to everyone within seconds, and one
+    /// exchange of the differing buckets carries them all.
+    pub(super) fn sync_soon(&mut self, now: Time) {
+        let period = self.config.probe_interval * FIRST_SYNC_PROBE_PERIODS;
+        if self.next_sync <= now + period * 2 {
+            return;
+        }
+        let soon = now + period + self.jitter(period);
+        if soon < self.next_sync {
+            self.next_sync = soon;
+            self.schedule(soon, Timer::Sync);
+        }
+    }
+
     fn schedule(&mut self, at: Time, timer: Timer) {
         self.timers.insert((at, self.timer_seq), timer);
         self.timer_seq += 1;
@@ -634,13 +655,17 @@ impl<S: Store> Mesh<S> {
                 self.gossip_round(now, false);
             }
             Timer::Sync => {
+                if now < self.next_sync {
+                    return;
+                }
                 let next = if std::mem::take(&mut self.roster_grew) {
                     (self.config.probe_interval * FIRST_SYNC_PROBE_PERIODS)
                         .min(self.config.sync_interval)
                 } else {
                     self.config.sync_interval
                 };
-                self.schedule(now + next, Timer::Sync);
+                self.next_sync = now + next;
+                self.schedule(self.next_sync, Timer::Sync);
                 self.start_sync();
             }
             Timer::Reconnect => {

@@ -77,9 +77,10 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Sends queued updates to `gossip_fanout` members for `urgent` news, else to as many as
-    /// the queue fills datagrams for (at least one): every update still makes all its
-    /// transmissions, only in fewer, fuller frames, so the load of a burst of news (a cut
-    /// seen from one side) is its size, not a frame per member per tick.
+    /// the queue fills whole datagrams for (at least one; what is left over rides the next
+    /// round): every update still makes all its transmissions, only in fewer, fuller frames,
+    /// so the load of a burst of news (a cut seen from one side) is its size, not a frame per
+    /// member per tick.
     pub(super) fn gossip_round(&mut self, now: Time, urgent: bool) {
         self.urgent = false;
         if self.queue.len() == 0 {
@@ -94,10 +95,7 @@ impl<S: Store> Mesh<S> {
         let fanout = if urgent {
             self.config.gossip_fanout
         } else {
-            self.queue
-                .bytes()
-                .div_ceil(room)
-                .clamp(1, self.config.gossip_fanout)
+            (self.queue.bytes() / room).clamp(1, self.config.gossip_fanout)
         };
         // Recently dead members still get gossip, so a falsely accused node can refute.
         let dead_window = self.config.gossip_to_dead;

@@ -84,9 +84,12 @@ impl MemberEntry {
     }
 
     /// The claim that this member, `name`, is suspect (or `dead`) in the life this node holds,
-    /// first made by `source`. While this node learnt of that life less than `new_for` before
-    /// `now`, the claim carries the member's own signature of it: some receivers may still
-    /// hold an older life.
+    /// first made by `source`. While this node learnt of that life less than `new_for` (a probe
+    /// period) before `now`, the claim carries the member's own signature of it: some receivers
+    /// may still hold an older life, and the claim brings them the newer one. Later, every
+    /// node has it or learns it from the member's own Alive, and the claim goes without: 16
+    /// bytes instead of 91, which is what keeps the load of a cut, when every node accuses
+    /// half the mesh, within bounds.
     pub(super) fn accusation(
         &self,
         name: &NodeName,

@@ -36,7 +36,6 @@ impl<S: Store> Mesh<S> {
             return;
         }
         self.expire_held(now);
-        let new_for = self.config.gossip_to_dead;
         let stretch = self.stretch();
         let (next, period) = self.probe_tick_after(now, stretch);
         self.schedule(next, Timer::Probe);
@@ -58,7 +57,7 @@ impl<S: Store> Mesh<S> {
                 .as_ref()
                 .and_then(|s| s.suspecters.first().cloned())
                 .unwrap_or_else(|| self.me.clone());
-            member.accusation(&target, source, false, now, new_for)
+            member.accusation(&target, source, false, now, self.config.probe_interval)
         });
         let seq = self.next_seq();
         self.probe = Some(Probing {
@@ -103,8 +102,30 @@ impl<S: Store> Mesh<S> {
             && member.state.is_live()
         {
             let incarnation = member.incarnation;
-            self.on_suspect(probe.target, incarnation, self.me.clone(), now);
+            self.on_suspect(probe.target.clone(), incarnation, self.me.clone(), now);
+            self.tell_suspected(&probe.target, now);
         }
+    }
+
+    /// Tells `name`, just suspected here after this node's own probe of it failed, of the
+    /// suspicion at once, once per incarnation: if this node is the one that cannot reach it
+    /// (a cut, or slowness of its own), the members that hold this node suspect drop its
+    /// accusation rather than relay it, and the accused would otherwise hear of it only from
+    /// the verdict.
+    fn tell_suspected(&mut self, name: &NodeName, now: Time) {
+        let Some(member) = self.members.get(name) else {
+            return;
+        };
+        if member.state != MemberState::Suspect || member.told_above > member.incarnation {
+            return;
+        }
+        let period = self.config.probe_interval;
+        let claim = member.accusation(name, self.me.clone(), false, now, period);
+        let (addr, incarnation) = (member.addr, member.incarnation);
+        if let Some(m) = self.members.get_mut(name) {
+            m.told_above = incarnation.saturating_add(1);
+        }
+        self.tell(name.clone(), addr, claim);
     }
 
     /// The tick `periods` probe periods after the one `now` is in, and the number of the
@@ -305,6 +326,7 @@ impl<S: Store> Mesh<S> {
                     MemberEntry::alive(addr, incarnation, signature, now),
                 );
                 self.roster_grew = true;
+                self.sync_soon(now);
                 self.members.set_live(&name);
             }
             Some(member) => {
@@ -324,6 +346,7 @@ impl<S: Store> Mesh<S> {
                 if !was.is_live() {
                     member.returned_at = Some(now);
                     self.members.set_live(&name);
+                    self.sync_soon(now);
                 }
             }
         }
@@ -362,7 +385,6 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let (min, max, k) = self.suspicion_bounds();
-        let new_for = self.config.gossip_to_dead;
         let token = self.next_token;
         let Some(member) = self.members.get_mut(&name) else {
             return;
@@ -384,7 +406,7 @@ impl<S: Store> Mesh<S> {
             }
             suspicion.token = token;
             let deadline = suspicion.deadline();
-            let update = member.accusation(&name, source, false, now, new_for);
+            let update = member.accusation(&name, source, false, now, self.config.probe_interval);
             self.next_token += 1;
             self.schedule(
                 deadline.max(now),
@@ -408,7 +430,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Suspect;
         member.changed_at = now;
         member.suspicion = Some(Box::new(suspicion));
-        let update = member.accusation(&name, source, false, now, new_for);
+        let update = member.accusation(&name, source, false, now, self.config.probe_interval);
         self.counters.suspicions += 1;
         self.next_token += 1;
         self.refresh_digest(&name);
@@ -437,7 +459,6 @@ impl<S: Store> Mesh<S> {
             return;
         }
         let incarnation = member.incarnation;
-        let new_for = self.config.gossip_to_dead;
         // It spoke to this node since the suspicion began, and lately: it is up, and only has
         // not heard. Tell it again and wait one more period; a crash ends what it says, so
         // this never shields one for longer than the evidence window.
@@ -452,7 +473,7 @@ impl<S: Store> Mesh<S> {
                 .cloned()
                 .unwrap_or_else(|| self.me.clone());
             let addr = member.addr;
-            let claim = member.accusation(&name, source, false, now, new_for);
+            let claim = member.accusation(&name, source, false, now, self.config.probe_interval);
             self.schedule(
                 now + self.config.probe_interval,
                 Timer::Suspicion {
@@ -480,7 +501,6 @@ impl<S: Store> Mesh<S> {
             }
             return;
         }
-        let new_for = self.config.gossip_to_dead;
         let Some(member) = self.members.get_mut(&name) else {
             return;
         };
@@ -490,7 +510,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Dead;
         member.changed_at = now;
         member.suspicion = None;
-        let update = member.accusation(&name, source, true, now, new_for);
+        let update = member.accusation(&name, source, true, now, self.config.probe_interval);
         self.members.set_not_live(&name);
         self.recently_dead.push(name.clone());
         self.mark_dirty(&name);
@@ -566,12 +586,13 @@ impl<S: Store> Mesh<S> {
         self.config.probe_interval * EVIDENCE_PERIODS.min(self.config.suspicion_mult)
     }
 
-    /// Whether `name` may be speaking from across a cut that just healed: this node holds it
-    /// dead or gone, or it came back less than `gossip_to_dead` ago. Its accusations of the
-    /// members this node holds alive may predate the heal.
+    /// Whether `name` may be speaking from across a cut: this node suspects it, holds it dead
+    /// or gone, or it came back less than `gossip_to_dead` ago. Its accusations of the members
+    /// this node holds alive may come from a side that cannot hear them (a one-way cut, or a
+    /// node too slow for its own probes), or predate a heal.
     fn across_a_cut(&self, name: &NodeName, now: Time) -> bool {
         self.members.get(name).is_some_and(|m| {
-            !m.state.is_live()
+            m.state != MemberState::Alive
                 || m.returned_at
                     .is_some_and(|t| now.saturating_since(t) < self.config.gossip_to_dead)
         })
@@ -601,7 +622,6 @@ impl<S: Store> Mesh<S> {
         now: Time,
     ) -> bool {
         let window = self.evidence_window();
-        let new_for = self.config.gossip_to_dead;
         let Some(member) = self.members.get(name) else {
             return false;
         };
@@ -616,7 +636,8 @@ impl<S: Store> Mesh<S> {
         let tell_within = if dead { window.max(period) } else { period };
         if since.is_some_and(|d| d < tell_within) && member.told_above <= incarnation {
             let addr = member.addr;
-            let claim = member.accusation(name, source.clone(), dead, now, new_for);
+            let claim =
+                member.accusation(name, source.clone(), dead, now, self.config.probe_interval);
             if let Some(m) = self.members.get_mut(name) {
                 m.told_above = incarnation.saturating_add(1);
             }

@@ -660,6 +660,35 @@ fn dead(i: usize, incarnation: u64, source: usize) -> Update {
     }
 }
 
+/// `update`, an accusation, as a node sends it once the life it is about is no longer new.
+fn without_life(update: Update) -> Update {
+    match update {
+        Update::Suspect {
+            name,
+            incarnation,
+            source,
+            ..
+        } => Update::Suspect {
+            name,
+            incarnation,
+            source,
+            life: None,
+        },
+        Update::Dead {
+            name,
+            incarnation,
+            source,
+            ..
+        } => Update::Dead {
+            name,
+            incarnation,
+            source,
+            life: None,
+        },
+        other => other,
+    }
+}
+
 /// Node `i`'s own Alive in its life `incarnation`, as accusations carry it.
 fn life(i: usize, incarnation: u64) -> codec::Life {
     codec::Life {
@@ -697,9 +726,8 @@ fn a_death_claim_about_a_member_heard_within_the_evidence_window_is_dropped_and_
     assert_eq!(mesh.counters().accusations_dropped, 1);
     let told = datagrams_to(&drain_all(&mut mesh), 1);
     assert!(
-        told.iter()
-            .any(|d| matches!(d.probe, Probe::Ping { .. })
-                && d.updates.first() == Some(&dead(1, 5, 2))),
+        told.iter().any(|d| matches!(d.probe, Probe::Ping { .. })
+            && d.updates.first() == Some(&without_life(dead(1, 5, 2)))),
         "the accused was not told: {told:?}"
     );
     assert!(
@@ -709,7 +737,11 @@ fn a_death_claim_about_a_member_heard_within_the_evidence_window_is_dropped_and_
     // A second claim is dropped too, but the accused is not told twice.
     feed(&mut mesh, 2, gossip(vec![dead(1, 5, 2)]), t(2));
     let again = datagrams_to(&drain_all(&mut mesh), 1);
-    assert!(!again.iter().any(|d| d.updates.contains(&dead(1, 5, 2))));
+    assert!(
+        !again
+            .iter()
+            .any(|d| d.updates.contains(&without_life(dead(1, 5, 2))))
+    );
     assert_eq!(mesh.counters().accusations_dropped, 2);
     // Silent for longer than the window (three probe periods): the claim is believed.
     feed(
@@ -750,14 +782,14 @@ fn a_suspicion_of_a_member_heard_within_the_last_period_is_told_to_it_once() {
     let outputs = drain_all(&mut mesh);
     let told = datagrams_to(&outputs, 1);
     assert!(
-        told.iter()
-            .any(|d| matches!(d.probe, Probe::Ping { .. }) && d.updates == vec![suspect(1, 5, 2)]),
+        told.iter().any(|d| matches!(d.probe, Probe::Ping { .. })
+            && d.updates == vec![without_life(suspect(1, 5, 2))]),
         "the accused was not told: {told:?}"
     );
     assert!(
         !datagrams_to(&outputs, 3)
             .iter()
-            .any(|d| d.updates.contains(&suspect(3, 5, 2))),
+            .any(|d| d.updates.contains(&without_life(suspect(3, 5, 2)))),
         "a member silent for two periods was told"
     );
     // A confirmation from another node: already told at this incarnation.
@@ -903,7 +935,7 @@ fn gossip_sends_one_recently_dead_target_at_most_and_fills_fewer_datagrams_for_l
     }
     for (at, (dead, live)) in &per_round {
         assert!(*dead <= 1, "{dead} dead targets in the round at {at:?}");
-        assert!(dead + live <= config.gossip_fanout);
+        assert!(dead + live <= config.gossip_fanout, "{per_round:?}");
         rounds += 1;
     }
     assert!(rounds > 0 && to_live > 0, "no gossip reached the living");
@@ -912,7 +944,9 @@ fn gossip_sends_one_recently_dead_target_at_most_and_fills_fewer_datagrams_for_l
     assert!(single * 2 >= rounds, "rounds {per_round:?}");
 }
 
-/// Times at which `node` sent a Ping of its own (not a relayed one) to anyone.
+/// Times at which `node` sent a Ping of its own (not a relayed one) to anyone, each once: a
+/// probe tick that ends a failed probe also tells the newly suspected member, in a Ping of the
+/// same instant.
 fn ping_times(net: &Net, node: usize) -> Vec<Time> {
     net.log
         .iter()
@@ -925,6 +959,8 @@ fn ping_times(net: &Net, node: usize) -> Vec<Time> {
         })
         .filter(|(_, d)| matches!(d.probe, Probe::Ping { .. }))
         .map(|(at, _)| at)
+        .collect::<BTreeSet<Time>>()
+        .into_iter()
         .collect()
 }
 
@@ -2289,13 +2325,7 @@ fn synced_state_is_never_piggybacked_and_reaches_every_node_by_anti_entropy() {
 /// The times of a lone node's anti-entropy rounds over `window`, with a new member heard of
 /// (by gossip) at each of `arrivals`.
 fn sync_times(mesh: &mut Mesh<MemStore>, window: Duration, mut arrivals: Vec<Time>) -> Vec<Time> {
-    let next_sync = |mesh: &Mesh<MemStore>| {
-        mesh.timers
-            .iter()
-            .find(|(_, timer)| matches!(timer, Timer::Sync))
-            .map(|((at, _), _)| *at)
-            .unwrap()
-    };
+    let next_sync = |mesh: &Mesh<MemStore>| mesh.next_sync;
     let mut times = vec![next_sync(mesh)];
     let mut members = 1;
     let end = Time::ZERO + window;
@@ -2364,4 +2394,92 @@ fn anti_entropy_follows_up_within_a_probe_period_only_while_the_roster_grows() {
         gaps[1..].iter().all(|g| *g == config.sync_interval),
         "{times:?}"
     );
+}
+
+#[test]
+fn a_member_back_from_the_dead_brings_the_next_anti_entropy_round_forward() {
+    // After a cut heals, half the mesh's refutations are learnt by one exchange of the
+    // differing buckets, not by waiting up to `sync_interval` for the next round.
+    let config = Config::lan();
+    let mut mesh = lone(config.clone());
+    let t = Time::from_secs;
+    feed(&mut mesh, 1, gossip(vec![alive(1, 1), alive(2, 1)]), t(0));
+    let mut now = t(0);
+    while now < t(4) {
+        now = mesh.poll_timeout().unwrap();
+        mesh.handle_timeout(now);
+    }
+    drain_all(&mut mesh);
+    // Nothing answers this lone node, so it suspects n1 and n2 by now: the verdict is its own.
+    mesh.on_dead(name(2), 1, name(0), t(4));
+    assert!(mesh.next_sync > t(10), "next round at {:?}", mesh.next_sync);
+    feed(&mut mesh, 1, gossip(vec![alive(2, 2)]), t(5));
+    let soon = t(5) + config.probe_interval * (2 * FIRST_SYNC_PROBE_PERIODS);
+    assert!(mesh.next_sync <= soon, "next round at {:?}", mesh.next_sync);
+    // The round runs by then, and the one after it comes `sync_interval` later.
+    while now < soon {
+        now = mesh.poll_timeout().unwrap();
+        mesh.handle_timeout(now);
+    }
+    assert!(
+        mesh.next_sync >= t(5) + config.sync_interval,
+        "next round at {:?}",
+        mesh.next_sync
+    );
+}
+
+#[test]
+fn an_accusation_made_or_relayed_by_a_member_this_node_suspects_is_dropped() {
+    // A member this node cannot reach may be on a side that cannot hear the members it
+    // accuses (a one-way cut, or its own slowness): its claims are not believed or relayed.
+    let mut mesh = lone(Config::lan());
+    let t = Time::from_secs;
+    feed_all(
+        &mut mesh,
+        1,
+        vec![alive(1, 1), alive(2, 1), alive(3, 1)],
+        t(0),
+    );
+    mesh.on_suspect(name(3), 1, name(0), t(1));
+    drain_all(&mut mesh);
+    feed(&mut mesh, 3, gossip(vec![suspect(2, 1, 3)]), t(2));
+    feed(&mut mesh, 1, gossip(vec![suspect(2, 1, 3)]), t(2));
+    feed(&mut mesh, 3, gossip(vec![suspect(2, 1, 1)]), t(2));
+    let state = |m: &Mesh<MemStore>| m.member(&name(2)).map(|m| m.state);
+    assert_eq!(state(&mesh), Some(MemberState::Alive));
+    assert_eq!(mesh.counters().accusations_dropped, 3);
+    // Made and brought by members it holds alive, the claim stands.
+    feed(&mut mesh, 1, gossip(vec![suspect(2, 1, 1)]), t(3));
+    assert_eq!(state(&mesh), Some(MemberState::Suspect));
+}
+
+#[test]
+fn a_member_suspected_after_this_nodes_own_probe_is_told_at_once() {
+    // Nothing answers a lone node: when its probe of a member fails, the member hears of the
+    // suspicion from it directly, once, in a Ping carrying the claim alone.
+    let mut mesh = lone(Config::lan());
+    feed_all(&mut mesh, 1, vec![alive(1, 1), alive(2, 1)], Time::ZERO);
+    drain_all(&mut mesh);
+    let mut told = Vec::new();
+    let mut now = Time::ZERO;
+    while now < Time::from_secs(4) {
+        now = mesh.poll_timeout().unwrap();
+        mesh.handle_timeout(now);
+        for output in drain_all(&mut mesh) {
+            let Output::Datagram { to, bytes } = output else {
+                continue;
+            };
+            let d = codec::decode_datagram(&bytes, 1 << 16).unwrap();
+            if let (Probe::Ping { .. }, [Update::Suspect { name, source, .. }]) =
+                (&d.probe, d.updates.as_slice())
+                && Some(name) == to.name.as_ref()
+            {
+                told.push((name.clone(), source.clone()));
+            }
+        }
+    }
+    let suspected = mesh.counters().suspicions;
+    assert!(suspected >= 1, "{suspected} suspicions");
+    assert_eq!(told.len() as u64, suspected, "{told:?}");
+    assert!(told.iter().all(|(_, source)| *source == name(0)));
 }

@@ -478,3 +478,34 @@ fn a_reload_that_no_longer_admits_a_members_certificate_expels_it() {
         MemberState::Dead
     );
 }
+
+#[test]
+fn an_accusation_carries_the_accused_life_only_while_it_is_new() {
+    // Within a probe period of learning n2's life, a suspicion of n2 carries n2's signature of
+    // it, for receivers that still hold an older life; later it goes without.
+    let config = Config::lan();
+    let accusations = |at: Time| {
+        let mut mesh = with_members();
+        feed(&mut mesh, 1, gossip(vec![alive(2, 6)]), Time::ZERO);
+        drain_all(&mut mesh);
+        mesh.on_suspect(name(2), 6, name(1), at);
+        mesh.handle_timeout(at + config.gossip_interval);
+        gossiped(&drain_all(&mut mesh))
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Suspect { name: n, life, .. } if n == name(2) => Some(life.is_some()),
+                _ => None,
+            })
+            .collect::<Vec<bool>>()
+    };
+    let early = accusations(Time::ZERO + config.probe_interval / 2);
+    let late = accusations(Time::from_secs(5));
+    assert!(
+        !early.is_empty() && early.iter().all(|with_life| *with_life),
+        "{early:?}"
+    );
+    assert!(
+        !late.is_empty() && late.iter().all(|with_life| !with_life),
+        "{late:?}"
+    );
+}
