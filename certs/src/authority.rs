@@ -289,6 +289,21 @@ impl std::fmt::Debug for NodeCertificate {
 }
 
 impl NodeCertificate {
+    /// The identity a node loads from these files, built in memory: for programs that run many
+    /// nodes in one process, such as the simulator with real signatures.
+    pub fn identity(&self) -> Result<crate::NodeIdentity> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |pem: &str| -> Result<Vec<CertificateDer<'static>>> {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::Malformed(e.to_string()))
+        };
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| Error::Malformed(e.to_string()))?;
+        crate::NodeIdentity::new(certs(&self.bundle_pem)?, certs(&self.cert_pem)?, key)
+    }
+
     /// Writes `ca.crt`, `node.crt` and `node.key` (mode 0600) into `dir`; never the CA key.
     pub fn write(&self, dir: &Path, force: bool) -> Result<()> {
         let files = [

@@ -24,7 +24,9 @@ use x509_parser::asn1_rs::Oid;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{Error, Result};
+use std::sync::Arc;
+
+use crate::{Error, MeshTls, NodeIdentity, Result};
 
 /// Length of a claim signature: the two 32-byte scalars `r || s` of ECDSA P-256.
 pub const CLAIM_SIGNATURE_LEN: usize = 64;
@@ -151,6 +153,52 @@ pub fn verify_claim(key: &[u8], claim: &[u8], signature: &[u8; CLAIM_SIGNATURE_L
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
         .verify(&signed_input(claim), signature)
         .is_ok()
+}
+
+/// Everything one node needs for signed claims: its signer and certificate, and the admission
+/// of other nodes' certificates under a [`MeshTls`], exactly as its TLS handshakes admit them.
+#[derive(Debug)]
+pub struct ClaimKeys {
+    signer: ClaimSigner,
+    certificate: Arc<[u8]>,
+    tls: MeshTls,
+}
+
+impl ClaimKeys {
+    /// The claim keys of the node of `identity`, admitting what `tls` admits.
+    pub fn new(identity: &NodeIdentity, tls: MeshTls) -> Result<Self> {
+        let signer = identity.claim_signer()?;
+        let certificate = identity
+            .chain
+            .first()
+            .map(|leaf| Arc::from(leaf.as_ref()))
+            .ok_or_else(|| Error::Malformed("node.crt holds no certificate".into()))?;
+        Ok(Self {
+            signer,
+            certificate,
+            tls,
+        })
+    }
+
+    /// This node's certificate (DER).
+    pub fn certificate(&self) -> Arc<[u8]> {
+        self.certificate.clone()
+    }
+
+    /// Signs `claim` with this node's key.
+    pub fn sign(&self, claim: &[u8]) -> [u8; CLAIM_SIGNATURE_LEN] {
+        self.signer.sign(claim)
+    }
+
+    /// The claim key of `certificate` if it is node `node`'s, admitted as a TLS handshake
+    /// would admit it (CA bundle, validity, usages, identity, blocklist).
+    pub fn admit(&self, node: &str, certificate: &[u8]) -> Option<Vec<u8>> {
+        let identity = self.tls.admit_certificate(certificate).ok()?;
+        if identity.node.as_str() != node {
+            return None;
+        }
+        claim_key(certificate).ok()
+    }
 }
 
 /// The bytes a claim signature covers: the claim context, then the claim.

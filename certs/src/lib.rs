@@ -28,7 +28,9 @@ mod tls;
 
 pub use authority::{BACKDATE, DEFAULT_NODE_DAYS};
 pub use authority::{CaValidity, DEFAULT_CA_DAYS, MeshCa, NodeCertOptions, NodeCertificate};
-pub use claims::{CLAIM_KEY_LEN, CLAIM_SIGNATURE_LEN, ClaimSigner, claim_key, verify_claim};
+pub use claims::{
+    CLAIM_KEY_LEN, CLAIM_SIGNATURE_LEN, ClaimKeys, ClaimSigner, claim_key, verify_claim,
+};
 pub use files::{FileMode, read_certs, read_key, write_file};
 pub use identity::{CertInfo, Fingerprint, NodeIdentityClaim, fingerprint};
 pub use names::{LABEL_LEN_MAX, LABEL_RULE, MeshName, NodeName};

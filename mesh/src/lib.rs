@@ -95,6 +95,8 @@
 mod codec;
 mod config;
 mod error;
+#[cfg(feature = "forge")]
+pub mod forge;
 mod hash;
 mod mesh;
 mod name;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use podmesh_certs::{Fingerprint, MeshTls, NodeIdentity};
+use podmesh_certs::{ClaimKeys, Fingerprint, MeshTls, NodeIdentity};
 use podmesh_mesh::{
     Command, Config, Event, Input, Node, NodeOutput, PeerError, PeersConfig, PodEvent, PodName,
     Target, Time,
@@ -304,8 +304,10 @@ pub async fn run(settings: NodeSettings, reload: Reload) -> anyhow::Result<()> {
     if let Some(give_up) = settings.participant_give_up {
         peers_config.participant_give_up = give_up;
     }
-    let signatures = NodeSignatures::new(&identity, tls.clone())
-        .context("the node key and certificate that sign this node's claims")?;
+    let signatures = NodeSignatures(
+        ClaimKeys::new(&identity, tls.clone())
+            .context("the node key and certificate that sign this node's claims")?,
+    );
     let node_state = Node::start(
         config,
         peers_config,
@@ -691,7 +693,7 @@ impl Actor {
         // certificate of this node's own signs its claims again. Done first: a bundle that
         // does not admit this node's own certificate fails here, before anything changed.
         let now = self.clock.now();
-        let signatures = NodeSignatures::new(&identity, tls.clone())?;
+        let signatures = NodeSignatures(ClaimKeys::new(&identity, tls.clone())?);
         self.node
             .set_signatures(Box::new(signatures), now)
             .context("the reloaded certificates")?;

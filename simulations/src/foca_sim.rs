@@ -432,6 +432,8 @@ impl Sim {
             Action::Partition(cut) => self.net.set_partition(cut),
             Action::Slow(node, delay) => self.net.set_slow(node, delay),
             Action::ExtraLoss(loss) => self.net.set_extra_loss(loss),
+            // foca has no signed claims to forge: its run leaves the forger honest.
+            Action::Forging(_) => {}
             Action::Heal => self.heal(),
         }
     }

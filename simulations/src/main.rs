@@ -58,8 +58,13 @@ struct RunArgs {
     #[arg(long, conflicts_with = "foca")]
     no_foca: bool,
     /// Run each seed twice and fail unless both runs are identical (wall-clock fields aside).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "real_signatures")]
     check_determinism: bool,
+    /// Sign with real ECDSA P-256 keys and certificates from a throwaway mesh CA, as the
+    /// daemon does, instead of the cheap deterministic scheme: measures what signing and
+    /// checking cost. Such runs do not replay byte for byte (ECDSA draws a nonce).
+    #[arg(long)]
+    real_signatures: bool,
     /// Parallel runs for a seed range (default: the machine's cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -116,6 +121,9 @@ fn replay_command(args: &RunArgs, seed: u64) -> String {
     if let Some(n) = args.nodes {
         cmd += &format!(" --nodes {n}");
     }
+    if args.real_signatures {
+        cmd += " --real-signatures";
+    }
     cmd
 }
 
@@ -126,7 +134,11 @@ fn wants_foca(args: &RunArgs, scenario: &Scenario) -> bool {
 
 /// Runs one seed (twice with `--check-determinism`), with foca alongside when asked.
 fn run_seed(scenario: &Scenario, args: &RunArgs, seed: u64) -> anyhow::Result<Report> {
-    let mut report = Sim::new(scenario.clone(), seed)?.run()?;
+    let mut sim = Sim::new(scenario.clone(), seed)?;
+    if args.real_signatures {
+        sim = sim.with_real_signatures()?;
+    }
+    let mut report = sim.run()?;
     if args.check_determinism {
         let again = Sim::new(scenario.clone(), seed)?.run()?;
         if again.without_wall_clock() != report.without_wall_clock() {

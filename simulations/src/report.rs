@@ -46,6 +46,8 @@ pub struct ClaimFigures {
     pub held: u64,
     /// Held claims dropped unchecked (the bound was reached, or no certificate came in time).
     pub dropped: u64,
+    /// Frames the forger sent.
+    pub forged: u64,
 }
 
 /// A budget and whether the run met it.
@@ -217,11 +219,11 @@ impl Report {
             );
         }
         let c = &self.claims;
-        if c.refused + c.held + c.dropped > 0 {
+        if c.refused + c.held + c.dropped + c.forged > 0 {
             let _ = writeln!(
                 s,
-                "  claims: {} refused, {} held for a certificate, {} dropped unchecked",
-                c.refused, c.held, c.dropped
+                "  claims: {} refused, {} held for a certificate, {} dropped unchecked; {} forged frames sent",
+                c.refused, c.held, c.dropped, c.forged
             );
         }
         if let Some(f) = &self.foca {

@@ -12,6 +12,8 @@ use crate::net::NetConfig;
 pub const NODES_MAX: usize = 20_000;
 /// Longest phase a scenario may ask for, in virtual seconds (one day).
 pub const PHASE_S_MAX: f64 = 86_400.0;
+/// Most forged frames a second a forger may send: more only slows the run.
+pub const FORGED_PER_S_MAX: f64 = 1_000.0;
 
 /// One simulation: the mesh, its network, the faults of the safety phase, the workload, and
 /// what the run must show.
@@ -210,6 +212,20 @@ pub enum Fault {
         /// How long a node stays away.
         down_s: f64,
     },
+    /// The last node forges: besides running the protocol honestly, it sends `per_s` frames a
+    /// second to random honest nodes, from `at_s` for `for_s`, each carrying claims about
+    /// other nodes that only they could make (their Alive at its own address and the highest
+    /// incarnation, their Left, their Pods at the highest generation, invented Pods,
+    /// accusations at lives they never had), signed with its own key, in gossip and in
+    /// push/pull with its own certificate presented as theirs.
+    Forger {
+        /// Forged frames per second.
+        per_s: f64,
+        /// Start.
+        at_s: f64,
+        /// Length.
+        for_s: f64,
+    },
 }
 
 fn yes() -> bool {
@@ -399,6 +415,17 @@ impl Scenario {
                     ensure!(
                         *per_min >= 0.0 && *down_s >= 0.0,
                         "faults[{i}] rates must be >= 0"
+                    );
+                    (*at_s, *for_s)
+                }
+                Fault::Forger { per_s, at_s, for_s } => {
+                    ensure!(
+                        *per_s > 0.0 && *per_s <= FORGED_PER_S_MAX,
+                        "faults[{i}].per_s must be in (0, {FORGED_PER_S_MAX}]"
+                    );
+                    ensure!(
+                        self.nodes > self.join.seeds + 1,
+                        "faults[{i}]: a forger needs a node besides the seeds and one honest node"
                     );
                     (*at_s, *for_s)
                 }

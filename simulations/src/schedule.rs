@@ -42,6 +42,8 @@ pub enum Action {
     Slow(usize, Duration),
     /// Extra datagram loss (zero ends it).
     ExtraLoss(f64),
+    /// The last node starts forging `per_s` frames a second (zero ends it).
+    Forging(f64),
     /// End of the safety phase: every fault is removed and nodes waiting to restart restart.
     Heal,
 }
@@ -147,6 +149,11 @@ pub fn timeline(scenario: &Scenario, seed: u64) -> Vec<(Time, Action)> {
                 let start = Time::ZERO + secs(*at_s);
                 out.push((start, Action::ExtraLoss(*loss)));
                 out.push((within(start + secs(*for_s)), Action::ExtraLoss(0.0)));
+            }
+            Fault::Forger { per_s, at_s, for_s } => {
+                let start = Time::ZERO + secs(*at_s);
+                out.push((start, Action::Forging(*per_s)));
+                out.push((within(start + secs(*for_s)), Action::Forging(0.0)));
             }
             Fault::Churn {
                 per_min,

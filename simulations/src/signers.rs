@@ -2,12 +2,18 @@
 //!
 //! By default a [`HashAuthority`]: cheap and deterministic, with certificates of a real node
 //! certificate's size, so runs replay exactly and the bytes on the wire are those of a real
-//! mesh. Every signer also writes down what it signs, so the checker can tell, independently of
-//! any verification, whether a claim a node holds was ever made by its subject.
+//! mesh. With real signatures, a throwaway mesh CA issues every node a real certificate and
+//! each node signs with ECDSA P-256 and admits certificates as the daemon does, so the cost of
+//! the real scheme is measured; ECDSA draws a random nonce per signature, so such runs do not
+//! replay byte for byte. Either way every signer also writes down what it signs, so the checker
+//! can tell, independently of any verification, whether a claim a node holds was ever made by
+//! its subject.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use anyhow::Context;
+use podmesh_certs::{ClaimKeys, MeshCa, MeshName, MeshTls, NodeCertOptions, verify_claim};
 use podmesh_mesh::{Credential, HashAuthority, NodeName, SIGNATURE_LEN, Signatures};
 
 /// Bytes of a simulated certificate: a real node certificate of a short mesh and node name is
@@ -42,29 +48,71 @@ fn claim_hash(subject: &NodeName, claim: &[u8]) -> u64 {
     hash
 }
 
+/// How the nodes of a run sign.
+#[derive(Debug, Clone)]
+enum Scheme {
+    Hash(HashAuthority),
+    /// Each node's claim keys, by node index; the keys are shared by the node's lives.
+    Real(Arc<Vec<Arc<ClaimKeys>>>),
+}
+
 /// The signers of one run's nodes.
 #[derive(Debug, Clone)]
 pub struct Signers {
-    authority: HashAuthority,
+    scheme: Scheme,
     signed: Signed,
 }
 
 impl Signers {
-    /// The signers of a run whose authority is keyed by `secret`.
-    pub fn new(secret: u64) -> Self {
+    /// Cheap deterministic signers under an authority keyed by `secret`.
+    pub fn hash(secret: u64) -> Self {
         Self {
-            authority: HashAuthority::new(secret, CERTIFICATE_LEN),
+            scheme: Scheme::Hash(HashAuthority::new(secret, CERTIFICATE_LEN)),
             signed: Signed::default(),
         }
     }
 
-    /// Node `node`'s signer (the same key in every life of the node).
-    pub fn signer(&self, node: &NodeName) -> Box<dyn Signatures> {
+    /// Real signers for nodes `names`: a throwaway mesh CA, a certificate and key for every
+    /// node, and admission as the daemon's.
+    pub fn real(names: &[NodeName]) -> anyhow::Result<Self> {
+        let ca = MeshCa::create(MeshName::new("sim")?, Default::default())
+            .context("creating the throwaway mesh CA")?;
+        let mut identities = Vec::with_capacity(names.len());
+        for name in names {
+            let node = podmesh_certs::NodeName::new(name.as_str())?;
+            let certificate = ca.issue(&node, &NodeCertOptions::default())?;
+            identities.push(certificate.identity()?);
+        }
+        let first = identities.first().context("a run has nodes")?;
+        // Admission depends only on the CA bundle and the blocklist, alike for every node.
+        let tls = MeshTls::new(first, Default::default())?;
+        let keys = identities
+            .iter()
+            .map(|identity| Ok(Arc::new(ClaimKeys::new(identity, tls.clone())?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            scheme: Scheme::Real(Arc::new(keys)),
+            signed: Signed::default(),
+        })
+    }
+
+    /// Node `node`'s signer (the same key in every life of the node), writing down what it
+    /// signs.
+    pub fn signer(&self, index: usize, node: &NodeName) -> Box<dyn Signatures> {
         Box::new(Recorded {
             node: node.clone(),
-            inner: Box::new(self.authority.signer(node)),
+            inner: self.unrecorded(index, node),
             signed: self.signed.clone(),
         })
+    }
+
+    /// Node `node`'s signer, writing down nothing: what a forger signs about other nodes is
+    /// not theirs, and the checker must not count it as theirs.
+    pub fn unrecorded(&self, index: usize, node: &NodeName) -> Box<dyn Signatures> {
+        match &self.scheme {
+            Scheme::Hash(authority) => Box::new(authority.signer(node)),
+            Scheme::Real(keys) => Box::new(RealSignatures(keys[index].clone())),
+        }
     }
 
     /// What the nodes signed.
@@ -97,5 +145,31 @@ impl Signatures for Recorded {
 
     fn verify(&mut self, key: &[u8], claim: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
         self.inner.verify(key, claim, signature)
+    }
+}
+
+/// A node's real claim keys as the core takes them, as the daemon's.
+#[derive(Debug)]
+struct RealSignatures(Arc<ClaimKeys>);
+
+impl Signatures for RealSignatures {
+    fn certificate(&self) -> Arc<[u8]> {
+        self.0.certificate()
+    }
+
+    fn sign(&mut self, claim: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.0.sign(claim)
+    }
+
+    fn admit(&mut self, subject: &NodeName, certificate: &[u8]) -> Option<Credential> {
+        let key = self.0.admit(subject.as_str(), certificate)?;
+        Some(Credential {
+            certificate: certificate.into(),
+            key: key.into(),
+        })
+    }
+
+    fn verify(&mut self, key: &[u8], claim: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+        verify_claim(key, claim, signature)
     }
 }

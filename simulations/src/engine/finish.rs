@@ -6,7 +6,7 @@ use std::time::Duration;
 use podmesh_mesh::{NodeName, Peers, PodRecord, Store, Table};
 
 use super::Sim;
-use crate::report::{Budget, Report};
+use crate::report::{Budget, ClaimFigures, Report};
 
 impl Sim {
     /// Whether the liveness phase is done: membership converged, no handshake logged, no
@@ -74,6 +74,7 @@ impl Sim {
             .map(|i| self.names[i].clone())
             .collect();
         self.checker.check_final(now, &records, &inboxes, &gone);
+        self.check_all_claims();
     }
 
     pub(super) fn report(mut self, wall: Duration) -> Report {
@@ -162,7 +163,10 @@ impl Sim {
             log_hash: format!("{:016x}", self.hash.0),
             membership: metrics,
             peers: self.figures,
-            claims: self.claims,
+            claims: ClaimFigures {
+                forged: self.forged,
+                ..self.claims
+            },
             budgets,
             violations: self.checker.into_violations(),
             samples: self.observer.samples().to_vec(),
