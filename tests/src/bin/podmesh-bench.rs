@@ -16,9 +16,10 @@ use podmesh::api::ErrorCode;
 use podmesh::client::{Client, socket_path};
 use podmesh::store::RedbStore;
 use podmesh_certs::{
-    CaValidity, MeshCa, MeshName, MeshTls, NodeCertOptions, NodeIdentity, NodeName, ServerTarget,
+    CaValidity, ClaimKeys, MeshCa, MeshName, MeshTls, NodeCertOptions, NodeIdentity, NodeName,
+    ServerTarget, verify_claim,
 };
-use podmesh_mesh::{Store as _, Table, WriteBatch};
+use podmesh_mesh::{HashAuthority, Signatures as _, Store as _, Table, WriteBatch, claim};
 use podmesh_sim::engine::Sim;
 use podmesh_sim::report::Report;
 use podmesh_sim::scenario::Scenario;
@@ -185,6 +186,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         };
         use_podmesh_bin(bin);
         rows.extend(real_stack(args)?);
+        rows.extend(claim_costs(args)?);
     }
     if !args.skip_sim {
         rows.extend(simulator(args)?);
@@ -602,6 +604,113 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
         note: None,
     });
     Ok(rows)
+}
+
+/// Claims signed or checked per timed run of [`claim_costs`].
+const CLAIMS_PER_RUN: usize = 2_000;
+
+/// Certificates admitted per timed run of [`claim_costs`].
+const ADMISSIONS_PER_RUN: usize = 200;
+
+/// What signed claims cost a node (DESIGN section 2): signing one of its own claims, checking
+/// another node's, and admitting a certificate once per member, with the node's real keys
+/// (ECDSA P-256 through ring) next to the simulator's hash scheme, per claim.
+fn claim_costs(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let ca = MeshCa::create(MeshName::new("bench")?, CaValidity::default())?;
+    let issue = |name: &str| -> anyhow::Result<NodeIdentity> {
+        Ok(ca
+            .issue(&NodeName::new(name)?, &NodeCertOptions::default())?
+            .identity()?)
+    };
+    let (n1, n2) = (issue("n1")?, issue("n2")?);
+    let tls = MeshTls::new(&n1, Default::default())?;
+    let signer = ClaimKeys::new(&n2, tls.clone())?;
+    let checker = ClaimKeys::new(&n1, tls)?;
+    let certificate = signer.certificate();
+    let key = checker
+        .admit("n2", &certificate)
+        .context("n1 does not admit n2's certificate")?;
+    let name: podmesh_mesh::NodeName = "n2".parse()?;
+    let claims: Vec<Vec<u8>> = (0..CLAIMS_PER_RUN as u64)
+        .map(|i| claim::alive(&name, "127.0.0.1:7946".parse().expect("an address"), i))
+        .collect();
+    let authority = HashAuthority::new(1, 440);
+    let mut hash = authority.signer(&name);
+    let hash_key = hash
+        .admit(&name, &hash.certificate())
+        .context("the hash scheme does not admit its own certificate")?;
+    let per_claim = |started: Instant, n: usize| started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let (mut sign, mut verify, mut admit, mut hash_sign, mut hash_verify) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let signatures: Vec<_> = claims.iter().map(|c| signer.sign(c)).collect();
+        sign.push(per_claim(started, claims.len()));
+        let started = Instant::now();
+        let valid = claims
+            .iter()
+            .zip(&signatures)
+            .filter(|(c, s)| verify_claim(&key, c, s))
+            .count();
+        verify.push(per_claim(started, claims.len()));
+        ensure!(
+            valid == claims.len(),
+            "{valid} of {} signatures verified",
+            claims.len()
+        );
+        let started = Instant::now();
+        for _ in 0..ADMISSIONS_PER_RUN {
+            checker
+                .admit("n2", &certificate)
+                .context("admission failed")?;
+        }
+        admit.push(per_claim(started, ADMISSIONS_PER_RUN));
+        let started = Instant::now();
+        let signatures: Vec<_> = claims.iter().map(|c| hash.sign(c)).collect();
+        hash_sign.push(per_claim(started, claims.len()));
+        let started = Instant::now();
+        let valid = claims
+            .iter()
+            .zip(&signatures)
+            .filter(|(c, s)| hash.verify(&hash_key.key, c, s))
+            .count();
+        hash_verify.push(per_claim(started, claims.len()));
+        ensure!(
+            valid == claims.len(),
+            "the hash scheme refused its own signatures"
+        );
+    }
+    let row = |what: &str, real: &[f64], cheap: &[f64]| Row {
+        what: what.to_owned(),
+        podmesh: Stats::of(real),
+        baseline_name: "the simulator's hash scheme, same claims".into(),
+        baseline: Some(Stats::of(cheap)),
+        ratio: Some(ratios(real, cheap)),
+        unit: "µs".into(),
+        budget: None,
+        met: None,
+        note: None,
+    };
+    Ok(vec![
+        row(
+            "signing one claim (ECDSA P-256, the node key)",
+            &sign,
+            &hash_sign,
+        ),
+        row("checking one claim's signature", &verify, &hash_verify),
+        Row {
+            what: "admitting a member's certificate (once per member: chain, usages, blocklist)"
+                .into(),
+            podmesh: Stats::of(&admit),
+            baseline_name: String::new(),
+            baseline: None,
+            ratio: None,
+            unit: "µs".into(),
+            budget: None,
+            met: None,
+            note: None,
+        },
+    ])
 }
 
 /// Calls `method` until the node stops answering `busy` (the previous handshake on the pair
