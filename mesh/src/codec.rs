@@ -441,7 +441,11 @@ pub(crate) fn body_size<T: Serialize>(value: &T) -> usize {
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![PROTOCOL_VERSION];
+    encode_versioned(PROTOCOL_VERSION, value)
+}
+
+fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
     encode_into(&mut out, value);
     out
 }
@@ -454,6 +458,14 @@ fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) {
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+    decode_versioned(PROTOCOL_VERSION, bytes, limit)
+}
+
+fn decode_versioned<'a, T: Deserialize<'a>>(
+    expected: u8,
+    bytes: &'a [u8],
+    limit: usize,
+) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge {
@@ -461,7 +473,7 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, De
             limit,
         });
     }
-    if version != PROTOCOL_VERSION {
+    if version != expected {
         return Err(DecodeError::Version(version));
     }
     options(limit)
@@ -502,16 +514,21 @@ pub(crate) fn decode_member(bytes: &[u8]) -> Result<MemberRecord, DecodeError> {
 /// Largest stored record (a Pod record with its peers, an inbox message, a log entry).
 pub(crate) const RECORD_SIZE_MAX: usize = 1 << 20;
 
+/// The version byte of stored records (Pods, inbox messages, handshake log entries) and of the
+/// Pod records nodes publish: apart from the protocol's, so a release that changes the wire
+/// still reads the Pods and inboxes an earlier one stored. Bump it when their encoding changes.
+pub(crate) const RECORD_VERSION: u8 = 1;
+
 /// Encodes a record for the store (version byte included).
 pub(crate) fn encode_record<T: Serialize>(record: &T) -> Vec<u8> {
-    encode(record)
+    encode_versioned(RECORD_VERSION, record)
 }
 
 /// Decodes a record read from the store.
 pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, DecodeError> {
-    decode(bytes, RECORD_SIZE_MAX)
+    decode_versioned(RECORD_VERSION, bytes, RECORD_SIZE_MAX)
 }
 
 /// Encodes a peer-protocol request or answer (version byte included).
@@ -784,6 +801,24 @@ mod tests {
                 0x02, 0x01, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x01, 0xfb, 0x58, 0x1b, 0x00
             ]
         );
+    }
+
+    #[test]
+    fn stored_records_keep_their_own_version_when_the_protocol_changes() {
+        // A node of a release with a new wire protocol still reads the Pods, inboxes and logs
+        // an earlier release stored: those records carry the record version, not the protocol's.
+        let record = (7u64, "pod/b".to_owned());
+        let stored = encode_record(&record);
+        assert_eq!(stored[0], RECORD_VERSION);
+        assert_ne!(RECORD_VERSION, PROTOCOL_VERSION);
+        let earlier: Vec<u8> = std::iter::once(1)
+            .chain(stored[1..].iter().copied())
+            .collect();
+        assert_eq!(decode_record::<(u64, String)>(&earlier).unwrap(), record);
+        assert!(matches!(
+            decode_message(&stored, 1024),
+            Err(DecodeError::Version(RECORD_VERSION))
+        ));
     }
 
     #[test]
