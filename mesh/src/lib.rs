@@ -9,7 +9,8 @@
 //! # Call order
 //!
 //! 1. [`Mesh::new`] reads and durably bumps the incarnation in the [`Store`], then loads the last
-//!    known members so a restarted node can rejoin without seeds.
+//!    known members so a restarted node can rejoin without seeds. It takes the node's
+//!    [`Signatures`], which sign its claims and check other nodes'.
 //! 2. Feed every event through [`Mesh::handle`]: datagrams and stream messages from
 //!    authenticated nodes, commands (join, leave, put or delete a state key), lost connections.
 //! 3. Sleep until [`Mesh::poll_timeout`], then call [`Mesh::handle_timeout`]. Waking up early
@@ -19,7 +20,8 @@
 //!
 //! # Membership
 //!
-//! Every `probe_interval` the core pings the next member of a shuffled round-robin list. Without
+//! Every `probe_interval` the core pings the member its probe schedule gives for the period (a
+//! ring of the live members, so that each is probed once a period by someone). Without
 //! an Ack within `probe_timeout` it asks `indirect_checks` random members to ping the target
 //! (PingReq); they answer Ack, or Nack when the target stayed silent, which proves that they and
 //! the path to them work. Without an Ack by the end of the period the target becomes suspect.
@@ -51,8 +53,9 @@
 //! Each node owns a small key-value map. Every entry carries `(generation, version)`: the
 //! generation is the incarnation at start and the version grows with every write, so receivers
 //! simply keep the highest. Writes piggyback on gossip; completeness comes from anti-entropy:
-//! every `sync_interval` (and once two probe periods after it starts, which completes a joining
-//! node's view quickly) a node sends one random live member the summary hash of its digest
+//! every `sync_interval` (and a probe period after it starts, or after a member it did not know
+//! arrives or one it held dead comes back, which completes a joining node's view and a healed
+//! cut quickly) a node sends one random live member the summary hash of its digest
 //! (members and live entries, hashed into `sync_buckets` buckets). Only when the summaries differ
 //! are the bucket hashes exchanged, and then only the records of differing buckets, so the
 //! steady-state cost is one small message per interval whatever the mesh size. Deletions are
@@ -63,9 +66,16 @@
 //! Every table, queue and message has a named bound in [`Config`] (`members_max`,
 //! `broadcast_queue_max`, `indirect_pending_max`, `output_queue_max`, `seeds_max`,
 //! `state_keys_max`, `state_key_size_max`, `state_value_size_max`, `datagram_size_max`,
-//! `message_size_max`); reaching one drops the excess and counts it in [`Counters`]. Frames come
-//! from nodes the transport authenticated; their membership claims about third parties are
-//! accepted, as in memberlist and Serf, but a frame that does not decode is only counted.
+//! `message_size_max`, `claims_held_max`); reaching one drops the excess and counts it in
+//! [`Counters`]. Frames come from nodes the transport authenticated, but a valid certificate
+//! proves who is speaking, not that what it says is true: a node can only speak for itself.
+//! Its Alive, its Left and every record of its replicated state carry its signature, made
+//! through the [`Signatures`] given at construction, and an accusation of it stands only at an
+//! incarnation it signed. A claim relayed by anyone is applied and relayed only once its
+//! subject's signature verifies, with the subject's certificate, which members learn in the
+//! join push/pull or by asking the relay ([`Counters::claims_refused`] counts the rest).
+//! memberlist, Serf and foca accept claims about third parties from any member; this core does
+//! not. A frame that does not decode is only counted.
 //!
 //! # Pods and peers
 //!

@@ -49,10 +49,12 @@ pub use api::{Command, Counters, Event, Input, Member, Output, StateEntry, Targe
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
 /// Probe periods after its start at which a node runs its first anti-entropy round, and between
-/// rounds while its roster is still growing. A member missed by the join push/pull and by gossip
-/// (its rumour may have died out before reaching this node) is then repaired within seconds
-/// rather than at the next `sync_interval`; once a whole round passes with no new member, rounds
-/// return to `sync_interval`, so a settled mesh pays nothing for it.
+/// rounds while its roster is still growing or members come back (see [`Mesh::sync_soon`]). A
+/// member missed by the join push/pull and by gossip (its rumour may have died out before
+/// reaching this node) is then repaired within seconds rather than at the next `sync_interval`;
+/// once a whole round passes with no new member, rounds return to `sync_interval`, so a settled
+/// mesh pays nothing for it. One period: signed Alives are four times the size they were
+/// unsigned, gossip carries a join burst's news more slowly, and the exchanges carry it whole.
 const FIRST_SYNC_PROBE_PERIODS: u32 = 1;
 
 /// Mixed into the RNG seed to draw a fresh store's first incarnation.
