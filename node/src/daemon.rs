@@ -595,6 +595,12 @@ impl Actor {
 
     fn mesh_event(&mut self, event: Event) {
         log_event(&event);
+        if let Event::MemberAlive { node, .. } = &event
+            && let Ok(name) = podmesh_certs::NodeName::new(node.as_str())
+        {
+            // Its own signed Alive made it a member: its connections are no stranger's.
+            self.transport.set_member(name);
+        }
         let now = self.clock.now();
         let data = match &event {
             Event::StateChanged { node, key } => {

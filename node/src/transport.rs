@@ -6,7 +6,7 @@
 //! arrives is handed to the actor with the sender's node name as its certificate proves it, never
 //! as the message claims it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +26,12 @@ pub struct TransportLimits {
     /// closed. Two let a reconnect replace a connection its peer lost without waiting for the
     /// idle timeout, and keep one certificate from multiplying what its connections hold.
     pub connections_per_node_max: usize,
+    /// Inbound connections open at once from nodes that are not members (no claim of theirs
+    /// admitted them: see [`Transport::set_member`]); past it the oldest such connection is
+    /// closed. An honest node is a stranger only from its first connection until its join
+    /// push/pull is read, a round trip; a node that never joins, or many certificates of one
+    /// that holds them, can hold no more than this many connection windows.
+    pub stranger_connections_max: usize,
     /// Largest request frame accepted on a bidirectional stream: twice the largest peer
     /// request (a 64 KiB message and its fields), where `frame_size_max` serves membership
     /// messages. It keeps what a connection's request streams can hold to an eighth.
@@ -63,6 +69,9 @@ impl Default for TransportLimits {
             frame_size_max: 1 << 20,
             connections_max: 1024,
             connections_per_node_max: 2,
+            // 32 connection windows of 2 MiB: 64 MiB at most for nodes not in the mesh, and
+            // room for 32 nodes joining through this one in the same round trip (more retry).
+            stranger_connections_max: 32,
             request_size_max: 128 << 10,
             sends_in_flight_max: 256,
             connect_timeout: Duration::from_secs(3),
@@ -161,6 +170,9 @@ pub struct TransportStats {
     /// Connections closed because a newer one with the same node went past
     /// `connections_per_node_max`.
     pub connections_replaced: std::sync::atomic::AtomicU64,
+    /// Inbound connections of nodes that are not members closed past
+    /// `stranger_connections_max`.
+    pub strangers_closed: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -183,6 +195,8 @@ struct Open {
     name: NodeName,
     connection: quinn::Connection,
     opened: Instant,
+    /// Accepted from the peer rather than dialled by this node.
+    inbound: bool,
 }
 
 /// The TLS configuration in force: replaced whole by [`Transport::reload`].
@@ -198,6 +212,9 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     tls: Arc<RwLock<Tls>>,
     pool: Arc<Mutex<Pool>>,
+    /// The nodes that are members here: the others' inbound connections are strangers, held
+    /// to `stranger_connections_max`.
+    members: Arc<RwLock<HashSet<NodeName>>>,
     /// Serialises dials per destination so two sends never open two connections.
     dialing: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>>,
     inbound_tx: mpsc::Sender<Inbound>,
@@ -257,6 +274,7 @@ impl Transport {
                 client: client_config,
             })),
             pool: Arc::default(),
+            members: Arc::default(),
             dialing: Arc::default(),
             inbound_tx,
             sends: Arc::new(Semaphore::new(limits.sends_in_flight_max)),
@@ -311,6 +329,14 @@ impl Transport {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    /// Notes that `name` is a member here (its own signed claim admitted it): its inbound
+    /// connections no longer count as strangers'.
+    pub fn set_member(&self, name: NodeName) {
+        if let Ok(mut members) = self.members.write() {
+            members.insert(name);
+        }
     }
 
     fn mesh_tls(&self) -> Option<MeshTls> {
@@ -472,7 +498,7 @@ impl Transport {
             }
         };
         let name = tls.mesh.peer_node(&connection)?;
-        self.adopt(name, connection.clone());
+        self.adopt(name, connection.clone(), false);
         Ok(connection)
     }
 
@@ -487,9 +513,9 @@ impl Transport {
         Some(entry.connection.clone())
     }
 
-    /// Pools a connection (inbound or outbound) under its authenticated name and starts reading
-    /// from it.
-    fn adopt(&self, name: NodeName, connection: quinn::Connection) {
+    /// Pools a connection (`inbound`, or dialled by this node) under its authenticated name and
+    /// starts reading from it.
+    fn adopt(&self, name: NodeName, connection: quinn::Connection, inbound: bool) {
         if let Ok(mut pool) = self.pool.lock() {
             // A handshake that finished under the configuration a reload just replaced.
             if self
@@ -518,8 +544,12 @@ impl Transport {
                     name: name.clone(),
                     connection: connection.clone(),
                     opened: Instant::now(),
+                    inbound,
                 },
             );
+            if inbound {
+                self.hold_strangers(&mut pool);
+            }
             let mut same: Vec<(Instant, usize)> = pool
                 .open
                 .iter()
@@ -551,6 +581,38 @@ impl Transport {
         tokio::spawn(self.clone().read_streams(name, connection));
     }
 
+    /// Closes the oldest inbound connections of nodes that are not members past
+    /// `stranger_connections_max`.
+    fn hold_strangers(&self, pool: &mut Pool) {
+        let Ok(members) = self.members.read() else {
+            return;
+        };
+        let mut strangers: Vec<(Instant, usize)> = pool
+            .open
+            .iter()
+            .filter(|(_, open)| open.inbound && !members.contains(&open.name))
+            .map(|(id, open)| (open.opened, *id))
+            .collect();
+        drop(members);
+        let excess = strangers
+            .len()
+            .saturating_sub(self.limits.stranger_connections_max);
+        strangers.sort_unstable();
+        for (_, id) in strangers.into_iter().take(excess) {
+            if let Some(old) = pool.open.remove(&id) {
+                bump(&self.stats.strangers_closed);
+                if pool
+                    .by_name
+                    .get(&old.name)
+                    .is_some_and(|p| p.connection.stable_id() == id)
+                {
+                    pool.by_name.remove(&old.name);
+                }
+                old.connection.close(0u32.into(), b"not a member");
+            }
+        }
+    }
+
     async fn accept_loop(self) {
         while let Some(incoming) = self.endpoint.accept().await {
             let transport = self.clone();
@@ -567,7 +629,7 @@ impl Transport {
                     return;
                 };
                 match tls.peer_node(&connection) {
-                    Ok(name) => transport.adopt(name, connection),
+                    Ok(name) => transport.adopt(name, connection, true),
                     Err(e) => {
                         bump(&transport.stats.handshakes_refused);
                         warn!(error = %e, "inbound connection without a node identity");
@@ -781,5 +843,63 @@ mod tests {
             matches!(message, Some(Inbound::Message { ref bytes, .. }) if bytes == b"a whole frame"),
             "{message:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn connections_from_nodes_that_are_not_members_are_held_to_their_bound() {
+        // Five strangers connect to a node that lets three hold connections: the two oldest are
+        // closed, and a member's connection, however old, is never counted among them.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = MeshCa::create(MeshName::new("t").unwrap(), CaValidity::default()).unwrap();
+        let limits = TransportLimits {
+            stranger_connections_max: 3,
+            ..TransportLimits::default()
+        };
+        let (inbound_tx, mut inbound) = mpsc::channel(64);
+        let node = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls(&ca, "n0", dir.path()),
+            limits,
+            inbound_tx,
+        )
+        .unwrap();
+        node.set_member(NodeName::new("member").unwrap());
+        let to = Destination {
+            addr: node.local_addr().unwrap(),
+            name: Some(NodeName::new("n0").unwrap()),
+        };
+        let mut peers = Vec::new();
+        for name in ["member", "s1", "s2", "s3", "s4", "s5"] {
+            let (tx, _rx) = mpsc::channel(4);
+            let peer = Transport::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                tls(&ca, name, dir.path()),
+                TransportLimits::default(),
+                tx,
+            )
+            .unwrap();
+            // A message on a stream of its own: it arrives, so the connection was adopted.
+            peer.send(to.clone(), Channel::Stream, name.as_bytes().to_vec());
+            let wait = Duration::from_secs(10);
+            let arrived = tokio::time::timeout(wait, inbound.recv()).await.unwrap();
+            assert!(
+                matches!(arrived, Some(Inbound::Message { .. })),
+                "{arrived:?}"
+            );
+            peers.push((peer, _rx));
+        }
+        assert_eq!(node.stats().strangers_closed.load(Relaxed), 2);
+        let open: Vec<String> = {
+            let pool = node.pool.lock().unwrap();
+            let mut names: Vec<String> = pool
+                .open
+                .values()
+                .filter(|o| o.connection.close_reason().is_none())
+                .map(|o| o.name.as_str().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(open, ["member", "s3", "s4", "s5"]);
     }
 }

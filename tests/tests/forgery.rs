@@ -198,3 +198,30 @@ fn an_accusation_at_a_life_never_signed_changes_nothing() {
     forge(&mut cluster, &addrs, "accuse");
     assert_unharmed(&mut cluster, &addrs);
 }
+
+#[test]
+fn members_only_a_forger_vouches_for_never_exist() {
+    // Ten invented nodes, alive at the forger's address with its certificate presented as
+    // theirs: no honest node ever holds them, so they cost nothing beyond the bounded time
+    // their claims wait for a certificate.
+    let (mut cluster, addrs) = honest_mesh();
+    forge(&mut cluster, &addrs, "members");
+    for node in HONEST {
+        let members = ok(cluster.api(node, "members", json!({})));
+        let names: Vec<&str> = members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with("ghost")),
+            "{node} holds {names:?}"
+        );
+        assert!(
+            claims_refused(&mut cluster, node) > 0,
+            "{node} refused nothing"
+        );
+    }
+    assert_unharmed(&mut cluster, &addrs);
+}

@@ -398,6 +398,7 @@ impl Actor {
                 "frames_too_large": load(&stats.frames_too_large),
                 "frames_too_slow": load(&stats.frames_too_slow),
                 "connections_replaced": load(&stats.connections_replaced),
+                "strangers_closed": load(&stats.strangers_closed),
             },
         })
     }

@@ -9,7 +9,9 @@
 //! Kinds: `alive` (the victim alive at the forger's address at the highest incarnation),
 //! `left` (the victim left, at its incarnation and at the highest), `pod` (the victim's Pod
 //! `--pod` stopped with no peers, at the highest generation), `invent` (a Pod `ghost` of the
-//! victim's), `accuse` (the victim dead at the highest incarnation, with a forged life).
+//! victim's), `accuse` (the victim dead at the highest incarnation, with a forged life),
+//! `members` (ten nodes that do not exist, alive at the forger's address, the forger's own
+//! certificate presented as theirs).
 //!
 //! It prints one JSON object: the frames it sent.
 
@@ -38,6 +40,8 @@ enum Kind {
     Invent,
     /// The victim dead at the highest incarnation.
     Accuse,
+    /// Ten members that do not exist (`ghost-0` to `ghost-9`), alive at the forger's address.
+    Members,
 }
 
 /// Forges claims about another node and sends them to honest nodes.
@@ -128,7 +132,22 @@ fn forgeries(args: &Args, me: &NodeName, addr: SocketAddr) -> Vec<Forgery> {
             dead: true,
             source: me.clone(),
         }],
+        Kind::Members => ghosts()
+            .into_iter()
+            .map(|subject| Forgery::Alive {
+                subject,
+                addr,
+                incarnation: 1,
+            })
+            .collect(),
     }
+}
+
+/// The members `members` invents.
+fn ghosts() -> Vec<NodeName> {
+    (0..10)
+        .map(|i| format!("ghost-{i}").parse().expect("a valid node name"))
+        .collect()
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -173,7 +192,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let forgeries = forgeries(&args, &me, addr);
-    let presented = vec![(args.victim.clone(), keys.certificate().to_vec())];
+    let own_certificate = keys.certificate().to_vec();
+    let presented: Vec<(NodeName, Vec<u8>)> = match args.kind {
+        Kind::Members => ghosts()
+            .into_iter()
+            .map(|ghost| (ghost, own_certificate.clone()))
+            .collect(),
+        _ => vec![(args.victim.clone(), own_certificate)],
+    };
     let mut sent = 0u64;
     for round in 0..args.count {
         let key = if round % 2 == 0 { own_key } else { victim_key };
