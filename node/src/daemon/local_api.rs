@@ -351,6 +351,36 @@ impl Actor {
         let peers = self.node.peers().counters();
         let stats = self.transport.stats();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let counters = json!({
+            "datagrams_sent": counters.datagrams_sent,
+            "messages_sent": counters.messages_sent,
+            "datagrams_received": counters.datagrams_received,
+            "messages_received": counters.messages_received,
+            "bad_frames": counters.bad_frames + peers.bad_requests + peers.bad_responses,
+            "probes_failed": counters.probes_failed,
+            "deaths_declared": counters.deaths_declared,
+            "refutations": counters.refutations,
+            "accusations_dropped": counters.accusations_dropped,
+            "claims_refused": counters.claims_refused,
+            "claims_held": counters.claims_held,
+            "claims_dropped": counters.claims_dropped,
+            "store_corrupt_records": counters.store_corrupt_records,
+            "identity_mismatches": peers.identity_mismatches,
+            "handshakes_committed": peers.handshakes_committed,
+            "handshakes_aborted": peers.handshakes_aborted,
+            "messages_delivered": peers.messages_delivered,
+            "duplicate_messages": peers.duplicates,
+            "delivery_batches": peers.delivery_batches,
+            "delivery_batches_failed": peers.delivery_batches_failed,
+            "store_write_failures": counters.store_write_failures + peers.store_write_failures,
+            "sends_dropped": load(&stats.sends_dropped),
+            "connect_failures": load(&stats.connect_failures),
+            "handshakes_refused": load(&stats.handshakes_refused),
+            "frames_too_large": load(&stats.frames_too_large),
+            "frames_too_slow": load(&stats.frames_too_slow),
+            "connections_replaced": load(&stats.connections_replaced),
+            "strangers_closed": load(&stats.strangers_closed),
+        });
         json!({
             "name": self.node.mesh().name().as_str(),
             "mesh": self.mesh_name,
@@ -371,35 +401,7 @@ impl Actor {
                 .scan(podmesh_mesh::Table::Members)
                 .map(|rows| rows.len())
                 .unwrap_or(0),
-            "counters": {
-                "datagrams_sent": counters.datagrams_sent,
-                "messages_sent": counters.messages_sent,
-                "datagrams_received": counters.datagrams_received,
-                "messages_received": counters.messages_received,
-                "bad_frames": counters.bad_frames + peers.bad_requests + peers.bad_responses,
-                "probes_failed": counters.probes_failed,
-                "deaths_declared": counters.deaths_declared,
-                "refutations": counters.refutations,
-                "accusations_dropped": counters.accusations_dropped,
-                "claims_refused": counters.claims_refused,
-                "claims_held": counters.claims_held,
-                "claims_dropped": counters.claims_dropped,
-                "identity_mismatches": peers.identity_mismatches,
-                "handshakes_committed": peers.handshakes_committed,
-                "handshakes_aborted": peers.handshakes_aborted,
-                "messages_delivered": peers.messages_delivered,
-                "duplicate_messages": peers.duplicates,
-                "delivery_batches": peers.delivery_batches,
-                "delivery_batches_failed": peers.delivery_batches_failed,
-                "store_write_failures": counters.store_write_failures + peers.store_write_failures,
-                "sends_dropped": load(&stats.sends_dropped),
-                "connect_failures": load(&stats.connect_failures),
-                "handshakes_refused": load(&stats.handshakes_refused),
-                "frames_too_large": load(&stats.frames_too_large),
-                "frames_too_slow": load(&stats.frames_too_slow),
-                "connections_replaced": load(&stats.connections_replaced),
-                "strangers_closed": load(&stats.strangers_closed),
-            },
+            "counters": counters,
         })
     }
 }
