@@ -393,7 +393,7 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Holds `claim` of `subject` until the certificate with key id `key_id` arrives, and asks
-    /// for it unless it was asked for already: the relay, which checked the claim and so holds
+    /// for it unless it was asked for less than a probe timeout ago: the relay, which checked the claim and so holds
     /// the certificate, or, when this node cannot address the relay (a datagram does not say
     /// where its sender is), the subject itself at the address its own Alive gives. The
     /// transport checks the name of whoever answers there, so a false address only fails.
@@ -410,7 +410,12 @@ impl<S: Store> Mesh<S> {
             HeldClaim::State { .. } => None,
         };
         let max = self.config.claims_held_max;
-        match self.credentials.hold(subject, key_id, claim, now, max) {
+        // An ask without an answer within a probe timeout is taken as lost, as a probe is.
+        let retry = micros(self.config.probe_timeout);
+        match self
+            .credentials
+            .hold(subject, key_id, claim, now, max, retry)
+        {
             Hold::Ask => {
                 self.counters.claims_held += 1;
                 let ask = match self.members.get(relay) {
@@ -421,7 +426,7 @@ impl<S: Store> Mesh<S> {
                     // Another relay brings the claim again.
                     return;
                 };
-                self.credentials.asked(subject, key_id);
+                self.credentials.asked(subject, key_id, now);
                 let names = &mut self.asks.entry(whom).or_insert((addr, Vec::new())).1;
                 if !names.contains(subject) {
                     names.push(subject.clone());

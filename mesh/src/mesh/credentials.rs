@@ -39,18 +39,20 @@ pub(super) struct Held {
     /// When this node first held a claim under this key: it is dropped `certificate_wait`
     /// later if the certificate has not come.
     pub(super) since: Time,
-    /// Whether the certificate was asked for: the first relays may be nodes this node cannot
-    /// address yet.
-    pub(super) asked: bool,
+    /// When the certificate was last asked for, if it was: the first relays may be nodes this
+    /// node cannot address yet.
+    pub(super) asked: Option<Time>,
     pub(super) claims: Vec<HeldClaim>,
 }
 
 /// What [`Credentials::hold`] did with a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Hold {
-    /// Held, and nobody was asked for the certificate yet.
+    /// Held, and nobody was asked for the certificate yet, or the last ask is older than the
+    /// `retry` given to [`Credentials::hold`] and was presumably lost (a broken stream, a relay
+    /// that crashed): ask again, this claim's relay.
     Ask,
-    /// Held next to earlier claims under the same key, whose certificate is already asked for.
+    /// Held next to earlier claims under the same key, whose certificate is asked for.
     Wait,
     /// Not held: `claims_held_max` claims are waiting already.
     Full,
@@ -132,7 +134,8 @@ impl Credentials {
 
     /// Holds `claim` of `subject`, signed under `key_id`, unless `max` claims are held
     /// already. A newer claim about the same thing replaces an older one, so a subject's
-    /// claims held under one key never outnumber its records.
+    /// claims held under one key never outnumber its records. A claim that arrives `retry`
+    /// or more after the last ask asks again; the claims' deadline stays that of the first.
     pub(super) fn hold(
         &mut self,
         subject: &NodeName,
@@ -140,10 +143,14 @@ impl Credentials {
         claim: HeldClaim,
         now: Time,
         max: usize,
+        retry: u64,
     ) -> Hold {
         let key = (subject.clone(), key_id);
         let held = self.held.get_mut(&key);
-        let asked = held.as_ref().is_some_and(|h| h.asked);
+        let asked = held
+            .as_ref()
+            .and_then(|h| h.asked)
+            .is_some_and(|at| now.as_micros() < at.as_micros().saturating_add(retry));
         let outcome = if asked { Hold::Wait } else { Hold::Ask };
         if let Some(held) = held
             && let Some(older) = held.claims.iter_mut().find(|c| same_subject(c, &claim))
@@ -161,7 +168,7 @@ impl Credentials {
             .entry(key)
             .or_insert_with(|| Held {
                 since: now,
-                asked: false,
+                asked: None,
                 claims: Vec::new(),
             })
             .claims
@@ -169,10 +176,10 @@ impl Credentials {
         outcome
     }
 
-    /// Notes that the certificate of `subject` with key id `key_id` was asked for.
-    pub(super) fn asked(&mut self, subject: &NodeName, key_id: u32) {
+    /// Notes that the certificate of `subject` with key id `key_id` was asked for at `now`.
+    pub(super) fn asked(&mut self, subject: &NodeName, key_id: u32, now: Time) {
         if let Some(held) = self.held.get_mut(&(subject.clone(), key_id)) {
-            held.asked = true;
+            held.asked = Some(now);
         }
     }
 

@@ -321,6 +321,42 @@ fn claims_of_a_member_not_met_yet_wait_for_the_certificate_their_relay_sends() {
 }
 
 #[test]
+fn a_lost_request_for_a_certificate_is_made_again_to_a_later_relay() {
+    // n1 relays n5's Alive and is asked for its certificate, but no answer comes (its stream
+    // broke, or it crashed). The same claim from n2 within a probe timeout waits for that
+    // request; from n2 a probe timeout after it, it asks n2, which answers.
+    let config = Config::lan();
+    let mut mesh = bare(config.clone());
+    for relay in [1, 2] {
+        know(&mut mesh, relay);
+        feed(&mut mesh, relay, gossip(vec![alive(relay, 1)]), Time::ZERO);
+    }
+    drain_all(&mut mesh);
+    let asked_at = Time::from_secs(1);
+    feed(&mut mesh, 1, gossip(vec![alive(5, 1)]), asked_at);
+    assert_eq!(
+        asks(&drain_all(&mut mesh)),
+        vec![(Some(name(1)), vec![name(5)])]
+    );
+    let soon = asked_at + config.probe_timeout / 2;
+    feed(&mut mesh, 2, gossip(vec![alive(5, 1)]), soon);
+    assert!(asks(&drain_all(&mut mesh)).is_empty());
+    let later = asked_at + config.probe_timeout;
+    assert!(later < asked_at + config.certificate_wait);
+    feed(&mut mesh, 2, gossip(vec![alive(5, 1)]), later);
+    assert_eq!(
+        asks(&drain_all(&mut mesh)),
+        vec![(Some(name(2)), vec![name(5)])]
+    );
+    let answer = Body::Certificates {
+        certificates: vec![certificate(5)],
+    };
+    mesh.handle(message(2, answer), later).unwrap();
+    assert_eq!(mesh.member(&name(5)).unwrap().state, MemberState::Alive);
+    assert_eq!(mesh.counters().claims_dropped, 0);
+}
+
+#[test]
 fn held_claims_whose_certificate_is_refused_are_refused() {
     // A forger relays a claim of n5 under its own key and answers the request with its own
     // certificate: not n5's, so the claim is refused.
