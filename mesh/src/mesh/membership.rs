@@ -113,10 +113,21 @@ impl<S: Store> Mesh<S> {
     /// accusation rather than relay it, and the accused would otherwise hear of it only from
     /// the verdict.
     fn tell_suspected(&mut self, name: &NodeName, now: Time) {
+        if self
+            .members
+            .get(name)
+            .is_some_and(|m| m.told_above <= m.incarnation)
+        {
+            self.tell_suspect(name, now);
+        }
+    }
+
+    /// Tells `name`, if this node holds it suspect, of the suspicion in a Ping of its own.
+    fn tell_suspect(&mut self, name: &NodeName, now: Time) {
         let Some(member) = self.members.get(name) else {
             return;
         };
-        if member.state != MemberState::Suspect || member.told_above > member.incarnation {
+        if member.state != MemberState::Suspect {
             return;
         }
         let period = self.config.probe_interval;
@@ -695,5 +706,30 @@ impl<S: Store> Mesh<S> {
             signature: self.own_claim,
         };
         self.enqueue(update);
+        self.tell_own_suspects_again(now);
+    }
+
+    /// Tells again every member this node suspects after its own probe failed. Being accused
+    /// hints that this node was the one cut off or slow: its first word to them
+    /// ([`Mesh::tell_suspected`]) may have been lost, and nobody else tells them, since the
+    /// members that held this node suspect or dead dropped its accusations as news from across
+    /// a cut. Without this a node back from a cut declares dead the members it began to suspect
+    /// before the heal. They are at most the members its own probes suspected (one a period)
+    /// within a suspicion timeout.
+    fn tell_own_suspects_again(&mut self, now: Time) {
+        let own: Vec<NodeName> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.state == MemberState::Suspect
+                    && m.suspicion
+                        .as_ref()
+                        .is_some_and(|s| s.suspecters.contains(&self.me))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in own {
+            self.tell_suspect(&name, now);
+        }
     }
 }

@@ -2483,3 +2483,48 @@ fn a_member_suspected_after_this_nodes_own_probe_is_told_at_once() {
     assert_eq!(told.len() as u64, suspected, "{told:?}");
     assert!(told.iter().all(|(_, source)| *source == name(0)));
 }
+
+#[test]
+fn a_node_accused_itself_tells_the_members_its_own_probes_suspect_again() {
+    // A lone node suspects members as its probes fail, and tells each once; those Pings are
+    // lost (a cut). When it hears that it is suspected itself, it was the one cut off: it
+    // refutes, and tells each member it suspects again, so the live ones refute before the
+    // verdict.
+    let mut mesh = lone(Config::lan());
+    feed_all(&mut mesh, 1, vec![alive(1, 1), alive(2, 1)], Time::ZERO);
+    drain_all(&mut mesh);
+    let told = |outputs: Vec<Output>| -> Vec<NodeName> {
+        outputs
+            .into_iter()
+            .filter_map(|output| {
+                let Output::Datagram { to, bytes } = output else {
+                    return None;
+                };
+                let d = codec::decode_datagram(&bytes, 1 << 16).ok()?;
+                match (&d.probe, d.updates.as_slice()) {
+                    (Probe::Ping { .. }, [Update::Suspect { name, .. }])
+                        if Some(name) == to.name.as_ref() =>
+                    {
+                        Some(name.clone())
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let mut now = Time::ZERO;
+    while mesh.counters().suspicions == 0 {
+        now = mesh.poll_timeout().unwrap();
+        mesh.handle_timeout(now);
+        drain_all(&mut mesh);
+    }
+    let suspects: Vec<NodeName> = (1..=2)
+        .map(name)
+        .filter(|n| mesh.member(n).unwrap().state == MemberState::Suspect)
+        .collect();
+    assert!(!suspects.is_empty());
+    let before = mesh.incarnation();
+    feed(&mut mesh, 1, gossip(vec![suspect(0, before, 1)]), now);
+    assert!(mesh.incarnation() > before, "it refutes");
+    assert_eq!(told(drain_all(&mut mesh)), suspects);
+}
