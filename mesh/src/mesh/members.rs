@@ -57,6 +57,10 @@ pub(super) struct MemberEntry {
     /// while it was speaking to this node, so it is told once per incarnation however many
     /// claims arrive.
     pub(super) told_above: u64,
+    /// Whether its death here is this node's own verdict, reached after its own probe of it
+    /// failed: a verdict a node that comes back from a cut may have reached only because it
+    /// was the one cut off.
+    pub(super) judged_here: bool,
 }
 
 impl MemberEntry {
@@ -80,6 +84,7 @@ impl MemberEntry {
             heard_at: None,
             returned_at: None,
             told_above: 0,
+            judged_here: false,
         }
     }
 

@@ -495,8 +495,12 @@ impl<S: Store> Mesh<S> {
             self.tell(name, addr, claim);
             return;
         }
+        let judged_here = suspicion.suspecters.contains(&self.me);
         self.counters.deaths_declared += 1;
-        self.on_dead(name, incarnation, self.me.clone(), now);
+        self.on_dead(name.clone(), incarnation, self.me.clone(), now);
+        if let Some(member) = self.members.get_mut(&name) {
+            member.judged_here = judged_here && member.state == MemberState::Dead;
+        }
     }
 
     pub(super) fn on_dead(
@@ -521,6 +525,7 @@ impl<S: Store> Mesh<S> {
         member.state = MemberState::Dead;
         member.changed_at = now;
         member.suspicion = None;
+        member.judged_here = false;
         let update = member.accusation(&name, source, true, now, self.config.probe_interval);
         self.members.set_not_live(&name);
         self.recently_dead.push(name.clone());
@@ -706,30 +711,46 @@ impl<S: Store> Mesh<S> {
             signature: self.own_claim,
         };
         self.enqueue(update);
-        self.tell_own_suspects_again(now);
+        self.tell_own_accused_again(now);
     }
 
-    /// Tells again every member this node suspects after its own probe failed. Being accused
-    /// hints that this node was the one cut off or slow: its first word to them
+    /// Tells again every member this node accuses on the strength of its own probes: each it
+    /// suspects after its own probe failed, and, once, each it declared dead that way. Being
+    /// accused hints that this node was the one cut off or slow: its first word to them
     /// ([`Mesh::tell_suspected`]) may have been lost, and nobody else tells them, since the
-    /// members that held this node suspect or dead dropped its accusations as news from across
-    /// a cut. Without this a node back from a cut declares dead the members it began to suspect
-    /// before the heal. They are at most the members its own probes suspected (one a period)
-    /// within a suspicion timeout.
-    fn tell_own_suspects_again(&mut self, now: Time) {
-        let own: Vec<NodeName> = self
-            .members
-            .iter()
-            .filter(|(_, m)| {
-                m.state == MemberState::Suspect
-                    && m.suspicion
+    /// members that held this node suspect or dead drop its accusations as news from across a
+    /// cut. Without this a node back from a cut declares dead the members it began to suspect
+    /// before the heal, and holds dead those it judged during the cut until anti-entropy
+    /// happens to bring their own word. The suspects are at most those its own probes found
+    /// (one a period) within a suspicion timeout; each verdict is told again at most once.
+    fn tell_own_accused_again(&mut self, now: Time) {
+        let mut suspects = Vec::new();
+        let mut judged = Vec::new();
+        for (name, m) in self.members.iter() {
+            match m.state {
+                MemberState::Suspect
+                    if m.suspicion
                         .as_ref()
-                        .is_some_and(|s| s.suspecters.contains(&self.me))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in own {
+                        .is_some_and(|s| s.suspecters.contains(&self.me)) =>
+                {
+                    suspects.push(name.clone());
+                }
+                MemberState::Dead if m.judged_here => judged.push(name.clone()),
+                _ => {}
+            }
+        }
+        for name in suspects {
             self.tell_suspect(&name, now);
+        }
+        let period = self.config.probe_interval;
+        for name in judged {
+            let Some(m) = self.members.get_mut(&name) else {
+                continue;
+            };
+            m.judged_here = false;
+            let claim = m.accusation(&name, self.me.clone(), true, now, period);
+            let addr = m.addr;
+            self.tell(name, addr, claim);
         }
     }
 }

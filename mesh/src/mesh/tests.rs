@@ -2485,46 +2485,83 @@ fn a_member_suspected_after_this_nodes_own_probe_is_told_at_once() {
 }
 
 #[test]
-fn a_node_accused_itself_tells_the_members_its_own_probes_suspect_again() {
-    // A lone node suspects members as its probes fail, and tells each once; those Pings are
-    // lost (a cut). When it hears that it is suspected itself, it was the one cut off: it
-    // refutes, and tells each member it suspects again, so the live ones refute before the
-    // verdict.
+fn a_node_accused_itself_tells_again_the_members_its_own_probes_accuse() {
+    // A lone node suspects members as its probes fail, tells each once, and declares them
+    // dead; every word is lost (a cut). When it hears that it is suspected itself, it was the
+    // one cut off: it refutes and tells again each member it suspects, and once each it
+    // judged dead, so the live ones refute.
     let mut mesh = lone(Config::lan());
-    feed_all(&mut mesh, 1, vec![alive(1, 1), alive(2, 1)], Time::ZERO);
+    feed_all(
+        &mut mesh,
+        1,
+        (1..=3).map(|i| alive(i, 1)).collect(),
+        Time::ZERO,
+    );
     drain_all(&mut mesh);
-    let told = |outputs: Vec<Output>| -> Vec<NodeName> {
-        outputs
+    // (member, told dead rather than suspect) for each Ping that carries a claim about its
+    // own target alone.
+    let told = |outputs: Vec<Output>| -> Vec<(NodeName, bool)> {
+        let mut told: Vec<(NodeName, bool)> = outputs
             .into_iter()
             .filter_map(|output| {
                 let Output::Datagram { to, bytes } = output else {
                     return None;
                 };
                 let d = codec::decode_datagram(&bytes, 1 << 16).ok()?;
-                match (&d.probe, d.updates.as_slice()) {
-                    (Probe::Ping { .. }, [Update::Suspect { name, .. }])
-                        if Some(name) == to.name.as_ref() =>
-                    {
-                        Some(name.clone())
-                    }
-                    _ => None,
-                }
+                let (subject, dead) = match (&d.probe, d.updates.as_slice()) {
+                    (Probe::Ping { .. }, [Update::Suspect { name, .. }]) => (name, false),
+                    (Probe::Ping { .. }, [Update::Dead { name, .. }]) => (name, true),
+                    _ => return None,
+                };
+                (Some(subject) == to.name.as_ref()).then(|| (subject.clone(), dead))
+            })
+            .collect();
+        told.sort();
+        told
+    };
+    let held = |mesh: &Mesh<MemStore>| -> Vec<(NodeName, bool)> {
+        (1..=3)
+            .map(name)
+            .filter_map(|n| match mesh.member(&n).unwrap().state {
+                MemberState::Suspect => Some((n, false)),
+                MemberState::Dead => Some((n, true)),
+                _ => None,
             })
             .collect()
     };
+    let accuse = |mesh: &mut Mesh<MemStore>, now: Time| {
+        let before = mesh.incarnation();
+        feed(mesh, 1, gossip(vec![suspect(0, before, 1)]), now);
+        assert!(mesh.incarnation() > before, "it refutes");
+        told(drain_all(mesh))
+    };
     let mut now = Time::ZERO;
-    while mesh.counters().suspicions == 0 {
-        now = mesh.poll_timeout().unwrap();
-        mesh.handle_timeout(now);
-        drain_all(&mut mesh);
+    let step = |mesh: &mut Mesh<MemStore>| {
+        let next = mesh.poll_timeout().unwrap();
+        mesh.handle_timeout(next);
+        drain_all(mesh);
+        next
+    };
+    while mesh.counters().deaths_declared == 0 {
+        now = step(&mut mesh);
     }
-    let suspects: Vec<NodeName> = (1..=2)
-        .map(name)
-        .filter(|n| mesh.member(n).unwrap().state == MemberState::Suspect)
+    let first = held(&mesh);
+    assert!(first.iter().any(|(_, dead)| *dead), "{first:?}");
+    assert!(first.iter().any(|(_, dead)| !*dead), "{first:?}");
+    assert_eq!(accuse(&mut mesh, now), first);
+
+    // Accused again at once: the suspects are told again, the verdicts are not.
+    let suspects: Vec<(NodeName, bool)> = first.iter().filter(|(_, d)| !d).cloned().collect();
+    assert_eq!(accuse(&mut mesh, now), suspects);
+
+    // Once every member is judged, only the verdicts since are told.
+    while held(&mesh).len() < 3 || held(&mesh).iter().any(|(_, dead)| !dead) {
+        now = step(&mut mesh);
+    }
+    let judged_since: Vec<(NodeName, bool)> = held(&mesh)
+        .into_iter()
+        .filter(|judged| !first.contains(judged))
         .collect();
-    assert!(!suspects.is_empty());
-    let before = mesh.incarnation();
-    feed(&mut mesh, 1, gossip(vec![suspect(0, before, 1)]), now);
-    assert!(mesh.incarnation() > before, "it refutes");
-    assert_eq!(told(drain_all(&mut mesh)), suspects);
+    assert_eq!(judged_since.len(), 3 - (first.len() - suspects.len()));
+    assert_eq!(accuse(&mut mesh, now), judged_since);
 }
