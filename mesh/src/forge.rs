@@ -194,58 +194,44 @@ pub fn push_pull(
     let (mut members, mut entries) = (Vec::new(), Vec::new());
     for forgery in forgeries {
         let signature = sign(forgery.subject(), &forgery.claim());
-        match forgery.update(signature) {
+        let (name, addr, incarnation, state, signature) = match forgery.update(signature) {
             Update::Alive {
                 name,
                 addr,
                 incarnation,
                 signature,
-            } => members.push(MemberRecord {
-                name,
-                addr,
-                incarnation,
-                state: MemberState::Alive,
-                signature,
-            }),
+            } => (name, addr, incarnation, MemberState::Alive, signature),
             Update::Left {
                 name,
                 addr,
                 incarnation,
                 signature,
-            } => members.push(MemberRecord {
-                name,
-                addr,
-                incarnation,
-                state: MemberState::Left,
-                signature,
-            }),
+            } => (name, addr, incarnation, MemberState::Left, signature),
             Update::Suspect {
                 name,
                 incarnation,
                 life: Some(Life { addr, signature }),
                 ..
-            } => members.push(MemberRecord {
-                name,
-                addr,
-                incarnation,
-                state: MemberState::Suspect,
-                signature,
-            }),
+            } => (name, addr, incarnation, MemberState::Suspect, signature),
             Update::Dead {
                 name,
                 incarnation,
                 life: Some(Life { addr, signature }),
                 ..
-            } => members.push(MemberRecord {
-                name,
-                addr,
-                incarnation,
-                state: MemberState::Dead,
-                signature,
-            }),
-            Update::State(record) => entries.push(*record),
-            Update::Suspect { .. } | Update::Dead { .. } => {}
-        }
+            } => (name, addr, incarnation, MemberState::Dead, signature),
+            Update::State(record) => {
+                entries.push(*record);
+                continue;
+            }
+            Update::Suspect { .. } | Update::Dead { .. } => continue,
+        };
+        members.push(MemberRecord {
+            name,
+            addr,
+            incarnation,
+            state,
+            signature,
+        });
     }
     let certificates = certificates
         .into_iter()
