@@ -190,6 +190,34 @@ struct Pool {
     open: HashMap<usize, Open>,
 }
 
+impl Pool {
+    /// Closes the oldest `excess` of the open connections `ids` (each with when it opened),
+    /// counting each in `counter`.
+    fn close_oldest(
+        &mut self,
+        mut ids: Vec<(Instant, usize)>,
+        excess: usize,
+        counter: &std::sync::atomic::AtomicU64,
+        reason: &'static [u8],
+    ) {
+        ids.sort_unstable();
+        for (_, id) in ids.into_iter().take(excess) {
+            let Some(old) = self.open.remove(&id) else {
+                continue;
+            };
+            bump(counter);
+            if self
+                .by_name
+                .get(&old.name)
+                .is_some_and(|p| p.connection.stable_id() == id)
+            {
+                self.by_name.remove(&old.name);
+            }
+            old.connection.close(0u32.into(), reason);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Open {
     name: NodeName,
@@ -550,21 +578,15 @@ impl Transport {
             if inbound {
                 self.hold_strangers(&mut pool);
             }
-            let mut same: Vec<(Instant, usize)> = pool
+            let same: Vec<(Instant, usize)> = pool
                 .open
                 .iter()
                 .filter(|(id, open)| open.name == name && **id != connection.stable_id())
                 .map(|(id, open)| (open.opened, *id))
                 .collect();
-            same.sort_unstable();
             // The new connection is kept; the oldest others go past the bound.
             let excess = (same.len() + 1).saturating_sub(self.limits.connections_per_node_max);
-            for (_, id) in same.into_iter().take(excess) {
-                if let Some(old) = pool.open.remove(&id) {
-                    bump(&self.stats.connections_replaced);
-                    old.connection.close(0u32.into(), b"replaced");
-                }
-            }
+            pool.close_oldest(same, excess, &self.stats.connections_replaced, b"replaced");
             pool.by_name.insert(
                 name.clone(),
                 Pooled {
@@ -587,7 +609,7 @@ impl Transport {
         let Ok(members) = self.members.read() else {
             return;
         };
-        let mut strangers: Vec<(Instant, usize)> = pool
+        let strangers: Vec<(Instant, usize)> = pool
             .open
             .iter()
             .filter(|(_, open)| open.inbound && !members.contains(&open.name))
@@ -597,20 +619,12 @@ impl Transport {
         let excess = strangers
             .len()
             .saturating_sub(self.limits.stranger_connections_max);
-        strangers.sort_unstable();
-        for (_, id) in strangers.into_iter().take(excess) {
-            if let Some(old) = pool.open.remove(&id) {
-                bump(&self.stats.strangers_closed);
-                if pool
-                    .by_name
-                    .get(&old.name)
-                    .is_some_and(|p| p.connection.stable_id() == id)
-                {
-                    pool.by_name.remove(&old.name);
-                }
-                old.connection.close(0u32.into(), b"not a member");
-            }
-        }
+        pool.close_oldest(
+            strangers,
+            excess,
+            &self.stats.strangers_closed,
+            b"not a member",
+        );
     }
 
     async fn accept_loop(self) {

@@ -148,7 +148,9 @@ impl Signatures for Recorded {
     }
 }
 
-/// A node's real claim keys as the core takes them, as the daemon's.
+/// A node's real claim keys as the core takes them: the daemon's `NodeSignatures` again, since
+/// the simulator never depends on the node crate and `certs` knows nothing of the mesh
+/// (ARCHITECTURE.md); the keys are shared by the node's lives.
 #[derive(Debug)]
 struct RealSignatures(Arc<ClaimKeys>);
 

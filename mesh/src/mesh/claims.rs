@@ -393,10 +393,11 @@ impl<S: Store> Mesh<S> {
     }
 
     /// Holds `claim` of `subject` until the certificate with key id `key_id` arrives, and asks
-    /// for it unless it was asked for less than a probe timeout ago: the relay, which checked the claim and so holds
-    /// the certificate, or, when this node cannot address the relay (a datagram does not say
-    /// where its sender is), the subject itself at the address its own Alive gives. The
-    /// transport checks the name of whoever answers there, so a false address only fails.
+    /// for it unless it was asked for less than a probe timeout ago: the relay, which checked
+    /// the claim and so holds the certificate, or, when this node cannot address the relay (a
+    /// datagram does not say where its sender is), the subject itself at the address its own
+    /// Alive gives. The transport checks the name of whoever answers there, so a false address
+    /// only fails.
     fn hold(
         &mut self,
         subject: &NodeName,
