@@ -1,16 +1,28 @@
-//! The node's durable state: a redb database at `<data-dir>/node.redb`.
+//! The node's durable state: a redb database at `<data-dir>/node.redb`, with a write-ahead log
+//! in front of it at `<data-dir>/node.wal` ([`wal`]).
 //!
 //! It implements the mesh crate's [`Store`] trait: reads, scans and all-or-nothing batches, each
-//! batch one redb write transaction committed with immediate durability before `write` returns.
-//! redb also locks the file, so two daemons can never share a data directory.
+//! batch durable before `write` returns. A batch is appended to the log and synced there, then
+//! applied to redb without a sync of redb's own; a checkpoint (one durable redb commit) retires
+//! the log's records when it fills, at a clean stop, and for a batch too big for it. Opening the
+//! store applies again what the log holds past the last checkpoint, so a crash loses nothing
+//! a `write` returned for. redb also locks its file, so two daemons can never share a data
+//! directory (nor its log).
+
+mod wal;
 
 use std::path::{Path, PathBuf};
 
 use podmesh_mesh::{Store, StoreError, Table, WriteBatch, WriteOp};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use wal::{LoggedOp, Wal};
 
 /// The database file inside a data directory.
 pub const STORE_FILE: &str = "node.redb";
+
+/// The write-ahead log inside a data directory.
+pub const WAL_FILE: &str = "node.wal";
 
 type Bytes = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -20,18 +32,52 @@ const PODS: Bytes = TableDefinition::new("pods");
 const HANDSHAKES: Bytes = TableDefinition::new("handshakes");
 const INBOXES: Bytes = TableDefinition::new("inboxes");
 
-const ALL: [Bytes; 5] = [META, MEMBERS, PODS, HANDSHAKES, INBOXES];
+/// The store's own record of the log: the last sequence number a durable commit covers.
+const WAL_STATE: Bytes = TableDefinition::new("wal");
+const THROUGH: &[u8] = b"through";
+
+/// The tables, numbered by their place here in the log's records: the order never changes.
+const TABLES: [(Table, Bytes); 5] = [
+    (Table::Meta, META),
+    (Table::Members, MEMBERS),
+    (Table::Pods, PODS),
+    (Table::Handshakes, HANDSHAKES),
+    (Table::Inboxes, INBOXES),
+];
 
 fn definition(table: Table) -> Result<Bytes, StoreError> {
-    Ok(match table {
-        Table::Meta => META,
-        Table::Members => MEMBERS,
-        Table::Pods => PODS,
-        Table::Handshakes => HANDSHAKES,
-        Table::Inboxes => INBOXES,
-        #[allow(unreachable_patterns, reason = "the mesh crate may add tables")]
-        other => return Err(StoreError::new(format!("no redb table for {other:?}"))),
+    TABLES
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map(|(_, definition)| *definition)
+        .ok_or_else(|| StoreError::new(format!("no redb table for {table:?}")))
+}
+
+/// A batch's operation as the log records it.
+fn logged(op: WriteOp) -> Result<LoggedOp, StoreError> {
+    let number = |table: Table| -> Result<u8, StoreError> {
+        let at = TABLES.iter().position(|(t, _)| *t == table);
+        at.map(|at| at as u8)
+            .ok_or_else(|| StoreError::new(format!("no redb table for {table:?}")))
+    };
+    Ok(match op {
+        WriteOp::Put { table, key, value } => LoggedOp::Put {
+            table: number(table)?,
+            key,
+            value,
+        },
+        WriteOp::Delete { table, key } => LoggedOp::Delete {
+            table: number(table)?,
+            key,
+        },
     })
+}
+
+fn numbered(table: u8) -> Result<Bytes, StoreError> {
+    TABLES
+        .get(usize::from(table))
+        .map(|(_, definition)| *definition)
+        .ok_or_else(|| StoreError::new(format!("no table numbered {table}")))
 }
 
 /// Why the store could not be opened.
@@ -54,6 +100,10 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    wal: Wal,
+    /// Why writes are refused: a batch redb refused could not be taken back from the log, so
+    /// the next open will apply it. Until then nothing else may be written after it.
+    broken: Option<String>,
     /// Set by a fault point: the next batch touching the handshake log fails.
     fail_next_handshake_write: bool,
 }
@@ -63,9 +113,10 @@ fn store_error(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens (or creates) `<data_dir>/node.redb`. The directory ends up 0700 and every file in
-    /// it 0600, whatever the umask or their earlier modes: the inboxes hold other programs'
-    /// messages. Each mode it had to tighten is logged as a warning.
+    /// Opens (or creates) `<data_dir>/node.redb` and its log, applying what the log holds past
+    /// the last checkpoint. The directory ends up 0700 and every file in it 0600, whatever the
+    /// umask or their earlier modes: the inboxes hold other programs' messages. Each mode it had
+    /// to tighten is logged as a warning.
     pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
         let path = data_dir.join(STORE_FILE);
         let other = |e: &dyn std::fmt::Display| OpenError::Other {
@@ -91,14 +142,103 @@ impl RedbStore {
         };
         // Create every table up front so reads never meet a missing table.
         let txn = db.begin_write().map_err(|e| other(&e))?;
-        for table in ALL {
+        for (_, table) in TABLES {
             txn.open_table(table).map_err(|e| other(&e))?;
         }
+        let through = {
+            let state = txn.open_table(WAL_STATE).map_err(|e| other(&e))?;
+            let value = state.get(THROUGH).map_err(|e| other(&e))?;
+            match value.map(|v| <[u8; 8]>::try_from(v.value())) {
+                None => 0,
+                Some(Ok(bytes)) => u64::from_be_bytes(bytes),
+                Some(Err(_)) => return Err(other(&"the log's checkpoint record is damaged")),
+            }
+        };
         txn.commit().map_err(|e| other(&e))?;
-        Ok(Self {
+
+        let wal_path = data_dir.join(WAL_FILE);
+        let wal_error = |e: &dyn std::fmt::Display| OpenError::Other {
+            path: wal_path.clone(),
+            message: e.to_string(),
+        };
+        let (wal, records) = Wal::open(&wal_path, through).map_err(|e| wal_error(&e))?;
+        let mut ops = Vec::new();
+        for record in &records {
+            let Some(record_ops) = wal::decode(&record.payload) else {
+                return Err(wal_error(&format!(
+                    "record {} passes its check but does not decode",
+                    record.seq
+                )));
+            };
+            ops.extend(record_ops);
+        }
+        let mut store = Self {
             db,
+            wal,
+            broken: None,
             fail_next_handshake_write: false,
-        })
+        };
+        if !records.is_empty() {
+            store.checkpoint(&ops).map_err(|e| wal_error(&e))?;
+            tracing::info!(
+                batches = records.len(),
+                "applied the batches the write-ahead log held past its last checkpoint"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Applies `ops` in one redb transaction: durable, recording that it covers every record
+    /// the log holds, or not synced (the log already holds them).
+    fn apply(
+        &self,
+        ops: &[LoggedOp],
+        durability: Durability,
+        through: Option<u64>,
+    ) -> Result<(), StoreError> {
+        // Dropping an uncommitted transaction aborts it, so an error anywhere applies nothing.
+        let mut txn = self.db.begin_write().map_err(store_error)?;
+        txn.set_durability(durability).map_err(store_error)?;
+        for op in ops {
+            match op {
+                LoggedOp::Put { table, key, value } => {
+                    let mut t = txn.open_table(numbered(*table)?).map_err(store_error)?;
+                    t.insert(key.as_slice(), value.as_slice())
+                        .map_err(store_error)?;
+                }
+                LoggedOp::Delete { table, key } => {
+                    let mut t = txn.open_table(numbered(*table)?).map_err(store_error)?;
+                    t.remove(key.as_slice()).map_err(store_error)?;
+                }
+            }
+        }
+        if let Some(seq) = through {
+            let mut state = txn.open_table(WAL_STATE).map_err(store_error)?;
+            state
+                .insert(THROUGH, seq.to_be_bytes().as_slice())
+                .map_err(store_error)?;
+        }
+        txn.commit().map_err(store_error)
+    }
+
+    /// One durable redb commit of `ops`, which also makes durable every batch applied since the
+    /// last one and retires the log's records.
+    fn checkpoint(&mut self, ops: &[LoggedOp]) -> Result<(), StoreError> {
+        self.apply(ops, Durability::Immediate, Some(self.wal.last_seq()))?;
+        self.wal.restart();
+        Ok(())
+    }
+}
+
+impl Drop for RedbStore {
+    /// A clean stop leaves nothing in the log to apply again.
+    fn drop(&mut self) {
+        if self.broken.is_none()
+            && !self.wal.is_empty()
+            && let Err(e) = self.checkpoint(&[])
+        {
+            tracing::warn!(error = %e, "the last checkpoint failed; the next start applies the log");
+        }
     }
 }
 
@@ -211,22 +351,33 @@ impl Store for RedbStore {
             self.fail_next_handshake_write = false;
             return Err(StoreError::new("injected write failure"));
         }
-        // Dropping an uncommitted transaction aborts it, so an error anywhere applies nothing.
-        let txn = self.db.begin_write().map_err(store_error)?;
-        for op in batch.into_ops() {
-            match op {
-                WriteOp::Put { table, key, value } => {
-                    let mut t = txn.open_table(definition(table)?).map_err(store_error)?;
-                    t.insert(key.as_slice(), value.as_slice())
-                        .map_err(store_error)?;
-                }
-                WriteOp::Delete { table, key } => {
-                    let mut t = txn.open_table(definition(table)?).map_err(store_error)?;
-                    t.remove(key.as_slice()).map_err(store_error)?;
-                }
-            }
+        if let Some(why) = &self.broken {
+            return Err(StoreError::new(format!(
+                "the store refuses writes until the node restarts: {why}"
+            )));
         }
-        txn.commit().map_err(store_error)
+        let ops = batch
+            .into_ops()
+            .into_iter()
+            .map(logged)
+            .collect::<Result<Vec<_>, _>>()?;
+        let payload = wal::encode(&ops);
+        if payload.len() > wal::RECORD_MAX {
+            return self.checkpoint(&ops);
+        }
+        if !self.wal.has_room(payload.len()) {
+            self.checkpoint(&[])?;
+        }
+        self.wal.append(&payload).map_err(store_error)?;
+        if let Err(e) = self.apply(&ops, Durability::None, None) {
+            if let Err(back) = self.wal.take_back() {
+                self.broken = Some(format!(
+                    "redb refused a batch ({e}) and taking it back from {WAL_FILE} failed ({back})"
+                ));
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -318,6 +469,76 @@ mod tests {
             vec![(b"n2".to_vec(), b"addr".to_vec())]
         );
         assert_eq!(store.read(Table::Pods, b"missing").unwrap(), None);
+    }
+
+    /// Set for the child process of [`batches_survive_a_crash`]: the data directory it writes.
+    const CRASH_DIR: &str = "PODMESH_STORE_TEST_CRASH_DIR";
+
+    /// What the child writes: enough large batches to fill the log (a checkpoint for room), one
+    /// too big for it (a checkpoint of its own), then small ones that only the log holds.
+    fn crash_writes(store: &mut RedbStore) {
+        for i in 0..50 {
+            let mut batch = WriteBatch::new();
+            batch.put(
+                Table::Pods,
+                format!("big{i}").into_bytes(),
+                vec![1; 100_000],
+            );
+            store.write(batch).unwrap();
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(Table::Pods, b"huge".to_vec(), vec![2; 2 << 20]);
+        store.write(batch).unwrap();
+        for i in 0..20u64 {
+            let mut batch = WriteBatch::new();
+            batch.put(Table::Inboxes, i.to_be_bytes().to_vec(), vec![3; 200]);
+            if let Some(old) = i.checked_sub(5) {
+                batch.delete(Table::Inboxes, old.to_be_bytes().to_vec());
+            }
+            store.write(batch).unwrap();
+        }
+    }
+
+    #[test]
+    fn batches_survive_a_crash() {
+        if let Ok(dir) = std::env::var(CRASH_DIR) {
+            // The child: write, then die with no destructor run and no checkpoint.
+            let mut store = RedbStore::open(Path::new(&dir)).unwrap();
+            crash_writes(&mut store);
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::tests::batches_survive_a_crash"])
+            .env(CRASH_DIR, dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            std::os::unix::process::ExitStatusExt::signal(&status) == Some(6),
+            "the child writes, then aborts: {status}"
+        );
+        let store = RedbStore::open(dir.path()).unwrap();
+        let inbox: Vec<u64> = store
+            .scan(Table::Inboxes)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                assert_eq!(v, vec![3; 200]);
+                u64::from_be_bytes(k.try_into().unwrap())
+            })
+            .collect();
+        assert_eq!(inbox, (15..20).collect::<Vec<_>>());
+        assert_eq!(store.scan(Table::Pods).unwrap().len(), 51);
+        assert_eq!(
+            store.read(Table::Pods, b"huge").unwrap().map(|v| v.len()),
+            Some(2 << 20)
+        );
+        // Applied once, the log is retired: a second open finds the same and nothing to apply.
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.scan(Table::Inboxes).unwrap().len(), 5);
+        assert!(store.wal.is_empty());
     }
 
     #[test]

@@ -334,39 +334,60 @@ async fn echo(conn: &quinn::Connection, body: &[u8]) -> anyhow::Result<()> {
 /// A 64-byte message body, the size of a short notification.
 const BODY: &str = "benchmark message, sixty-four bytes long, padded to that size ok.";
 
-/// The physical floor of one delivery: a redb store (the node's own [`RedbStore`]) taking one
-/// transaction the size and shape of a stored message (the message and its dedupe id),
-/// committed with the same fsync.
+/// A message record of about 200 bytes and its dedupe key, as a receiver stores them.
+fn message_records(seq: u64) -> [(Vec<u8>, Vec<u8>); 2] {
+    let mut key = b"mb\0".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    let mut record = BODY.as_bytes().to_vec();
+    record.extend_from_slice(&[0u8; 136]);
+    let dedupe = format!("dn1-1-{seq}").into_bytes();
+    [(key, record), (dedupe, seq.to_be_bytes().to_vec())]
+}
+
+/// The physical floor of one delivery: one fsynced redb transaction the size and shape of a
+/// stored message; and the node's own store ([`RedbStore`]: its log, then redb) taking the same.
 struct Disk {
+    redb: redb::Database,
     store: RedbStore,
     seq: u64,
-    _dir: tempfile::TempDir,
+    _dirs: [tempfile::TempDir; 2],
 }
+
+const FLOOR_TABLE: redb::TableDefinition<'static, &'static [u8], &'static [u8]> =
+    redb::TableDefinition::new("inboxes");
 
 impl Disk {
     fn new() -> anyhow::Result<Disk> {
-        let dir = tempfile::tempdir()?;
+        let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
         Ok(Disk {
-            store: RedbStore::open(dir.path())?,
+            redb: redb::Database::create(dirs[0].path().join("floor.redb"))?,
+            store: RedbStore::open(dirs[1].path())?,
             seq: 0,
-            _dir: dir,
+            _dirs: dirs,
         })
     }
 
-    /// One fsynced transaction: a message record of about 200 bytes and its dedupe key.
-    fn commit(&mut self) -> anyhow::Result<()> {
+    /// One redb write transaction of a message, committed with immediate durability.
+    fn redb_commit(&mut self) -> anyhow::Result<()> {
         self.seq += 1;
-        let mut key = b"mb\0".to_vec();
-        key.extend_from_slice(&self.seq.to_be_bytes());
-        let mut record = BODY.as_bytes().to_vec();
-        record.extend_from_slice(&[0u8; 136]);
+        let txn = self.redb.begin_write()?;
+        {
+            let mut table = txn.open_table(FLOOR_TABLE)?;
+            for (key, value) in message_records(self.seq) {
+                table.insert(key.as_slice(), value.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The same message written through the node's store.
+    fn store_write(&mut self) -> anyhow::Result<()> {
+        self.seq += 1;
         let mut batch = WriteBatch::new();
-        batch.put(Table::Inboxes, key, record);
-        batch.put(
-            Table::Inboxes,
-            format!("dn1-1-{}", self.seq).into_bytes(),
-            self.seq.to_be_bytes().to_vec(),
-        );
+        for (key, value) in message_records(self.seq) {
+            batch.put(Table::Inboxes, key, value);
+        }
         self.store.write(batch)?;
         Ok(())
     }
@@ -402,6 +423,7 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
     let mut handshake = Vec::new();
     let mut echo_rtt = Vec::new();
     let mut commit_time = Vec::new();
+    let mut store_time = Vec::new();
     let mut batch_size = Vec::new();
     let mut echo_commit = Vec::new();
     let mut api_rtt = Vec::new();
@@ -432,15 +454,22 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
             let mut t = Vec::new();
             for _ in 0..args.ops {
                 let start = Instant::now();
-                disk.commit()?;
+                disk.redb_commit()?;
                 t.push(ms(start.elapsed()));
             }
             commit_time.push(median(&mut t));
             let mut t = Vec::new();
             for _ in 0..args.ops {
                 let start = Instant::now();
+                disk.store_write()?;
+                t.push(ms(start.elapsed()));
+            }
+            store_time.push(median(&mut t));
+            let mut t = Vec::new();
+            for _ in 0..args.ops {
+                let start = Instant::now();
                 echo(&conn, BODY.as_bytes()).await?;
-                disk.commit()?;
+                disk.redb_commit()?;
                 t.push(ms(start.elapsed()));
             }
             echo_commit.push(median(&mut t));
@@ -534,7 +563,18 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
             note: None,
         },
         Row {
-            what: "one fsynced redb transaction of a message's size (the node's store), p50".into(),
+            what: "one durable write of a message's size through the node's store (its log, then redb), p50".into(),
+            podmesh: lat(&store_time),
+            baseline_name: "one fsynced redb transaction of the same size, p50".into(),
+            baseline: Some(lat(&commit_time)),
+            ratio: Some(ratios(&store_time, &commit_time)),
+            unit: "ms".into(),
+            budget: None,
+            met: None,
+            note: None,
+        },
+        Row {
+            what: "one fsynced redb transaction of a message's size, p50".into(),
             podmesh: lat(&commit_time),
             baseline_name: "raw quinn bi-stream echo, p50".into(),
             baseline: Some(lat(&echo_rtt)),

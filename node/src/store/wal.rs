@@ -1,0 +1,417 @@
+//! The store's write-ahead log, `<data-dir>/node.wal`: each batch is appended here and made
+//! durable with one `fdatasync`, then applied to redb without a sync of its own. A checkpoint
+//! (one durable redb commit that records the last sequence number it covers) retires the log's
+//! records; opening the store applies again those that came after it.
+//!
+//! Why a log in front of redb: a durable redb commit writes about seven scattered pages and its
+//! header, then syncs them; an append syncs one small region of a file whose blocks were all
+//! written when it was created, so no block allocation or size change waits for the journal.
+//!
+//! Layout: the file is [`WAL_SIZE`] bytes, zeros when created. Records follow one another from
+//! offset 0, each a [`HEADER`]-byte header and its payload:
+//!
+//! ```text
+//! len: u32 LE (payload bytes) | seq: u64 LE | check: first 8 bytes of SHA-256(len, seq, payload)
+//! payload: ops, each  kind: u8 (0 put, 1 delete) | table: u8 | key len: u32 LE | key
+//!                     [value len: u32 LE | value]  (puts only)
+//! ```
+//!
+//! After a checkpoint the next record is written at offset 0 again, so what follows the newest
+//! records in the file is older ones: sequence numbers tell them apart, and a torn record fails
+//! its check. Replay takes the run of records numbered one after another from the first after
+//! the checkpoint, and stops at the first that is not.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The log's size on disk: its blocks are written once, when the file is created.
+pub(super) const WAL_SIZE: u64 = 4 << 20;
+
+/// Bytes before each record's payload.
+pub(super) const HEADER: usize = 4 + 8 + 8;
+
+/// A batch whose record would take more than this goes straight to a durable redb commit: the
+/// log stays for the small, frequent writes it is for.
+pub(super) const RECORD_MAX: usize = (WAL_SIZE / 4) as usize;
+
+/// One operation of a logged batch, with its table as the store numbers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum LoggedOp {
+    /// Insert or replace `key`.
+    Put {
+        /// The table's number.
+        table: u8,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The table's number.
+        table: u8,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// Encodes a batch's operations as a record payload.
+pub(super) fn encode(ops: &[LoggedOp]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    for op in ops {
+        match op {
+            LoggedOp::Put { table, key, value } => {
+                out.extend_from_slice(&[0, *table]);
+                bytes(&mut out, key);
+                bytes(&mut out, value);
+            }
+            LoggedOp::Delete { table, key } => {
+                out.extend_from_slice(&[1, *table]);
+                bytes(&mut out, key);
+            }
+        }
+    }
+    out
+}
+
+/// Decodes a record payload; `None` if it is not a whole sequence of operations.
+pub(super) fn decode(mut payload: &[u8]) -> Option<Vec<LoggedOp>> {
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if input.len() < n {
+            return None;
+        }
+        let (head, rest) = input.split_at(n);
+        *input = rest;
+        Some(head)
+    }
+    fn bytes(input: &mut &[u8]) -> Option<Vec<u8>> {
+        let len = u32::from_le_bytes(take(input, 4)?.try_into().ok()?) as usize;
+        Some(take(input, len)?.to_vec())
+    }
+    let mut ops = Vec::new();
+    while !payload.is_empty() {
+        let &[kind, table] = take(&mut payload, 2)? else {
+            return None;
+        };
+        let key = bytes(&mut payload)?;
+        ops.push(match kind {
+            0 => LoggedOp::Put {
+                table,
+                key,
+                value: bytes(&mut payload)?,
+            },
+            1 => LoggedOp::Delete { table, key },
+            _ => return None,
+        });
+    }
+    Some(ops)
+}
+
+fn check(len: u32, seq: u64, payload: &[u8]) -> [u8; 8] {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(&len.to_le_bytes());
+    digest.update(&seq.to_le_bytes());
+    digest.update(payload);
+    let mut out = [0; 8];
+    out.copy_from_slice(&digest.finish().as_ref()[..8]);
+    out
+}
+
+/// A record read back at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Record {
+    /// Its sequence number.
+    pub(super) seq: u64,
+    /// Its payload.
+    pub(super) payload: Vec<u8>,
+}
+
+/// The open log.
+#[derive(Debug)]
+pub(super) struct Wal {
+    file: File,
+    path: PathBuf,
+    /// Where the next record goes.
+    end: u64,
+    /// The next record's sequence number.
+    next_seq: u64,
+    /// Where the newest record starts, while it may still be taken back.
+    last_start: Option<u64>,
+}
+
+impl Wal {
+    /// Opens the log at `path`, creating it (mode 0600, [`WAL_SIZE`] bytes of zeros, synced with
+    /// its directory entry) if it is missing or short. Returns it with the records that follow
+    /// `through`, the last sequence number a durable redb commit covers, oldest first. The next
+    /// append goes at offset 0, over them: the caller makes them durable in redb first.
+    pub(super) fn open(path: &Path, through: u64) -> io::Result<(Wal, Vec<Record>)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len < WAL_SIZE {
+            let zeros = vec![0; (WAL_SIZE - len) as usize];
+            file.write_all_at(&zeros, len)?;
+            file.sync_all()?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        let mut contents = vec![0; WAL_SIZE as usize];
+        file.read_exact_at(&mut contents, 0)?;
+        let records = replay(&contents, through);
+        let next_seq = records.last().map_or(through, |r| r.seq) + 1;
+        let wal = Wal {
+            file,
+            path: path.to_owned(),
+            end: 0,
+            next_seq,
+            last_start: None,
+        };
+        Ok((wal, records))
+    }
+
+    /// Whether a payload of `len` bytes fits after the records already appended.
+    pub(super) fn has_room(&self, len: usize) -> bool {
+        self.end + (HEADER + len) as u64 <= WAL_SIZE
+    }
+
+    /// The sequence number of the newest record appended (or replayed).
+    pub(super) fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Records appended since the last [`Wal::restart`].
+    pub(super) fn is_empty(&self) -> bool {
+        self.end == 0
+    }
+
+    /// Appends one record and syncs it. On an error nothing counts as appended: the next record
+    /// is written over whatever part of this one reached the file.
+    pub(super) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        if !self.has_room(payload.len()) {
+            return Err(io::Error::other(format!(
+                "a record of {} bytes does not fit in {}",
+                payload.len(),
+                self.path.display()
+            )));
+        }
+        let len = payload.len() as u32;
+        let mut record = Vec::with_capacity(HEADER + payload.len());
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&self.next_seq.to_le_bytes());
+        record.extend_from_slice(&check(len, self.next_seq, payload));
+        record.extend_from_slice(payload);
+        self.file.write_all_at(&record, self.end)?;
+        self.file.sync_data()?;
+        self.last_start = Some(self.end);
+        self.end += record.len() as u64;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Takes the newest record back (its header zeroed and synced), so that no replay applies
+    /// it: for a batch redb refused after the log had it.
+    pub(super) fn take_back(&mut self) -> io::Result<()> {
+        let Some(start) = self.last_start.take() else {
+            return Err(io::Error::other("no record to take back"));
+        };
+        self.file.write_all_at(&[0; HEADER], start)?;
+        self.file.sync_data()?;
+        self.end = start;
+        self.next_seq -= 1;
+        Ok(())
+    }
+
+    /// Starts again at offset 0, once a durable redb commit covers every record appended.
+    pub(super) fn restart(&mut self) {
+        self.end = 0;
+        self.last_start = None;
+    }
+}
+
+/// The run of records numbered `through + 1`, `through + 2`, ... in `contents`, skipping older
+/// ones before it (what the last cycle left), and ending at the first record that is torn,
+/// older, or numbered out of turn.
+fn replay(contents: &[u8], through: u64) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at + HEADER <= contents.len() {
+        let header = &contents[at..at + HEADER];
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
+        let start = at + HEADER;
+        let Some(end) = start
+            .checked_add(len as usize)
+            .filter(|end| *end <= contents.len())
+        else {
+            break;
+        };
+        let payload = &contents[start..end];
+        if len == 0 || header[12..] != check(len, seq, payload) {
+            break;
+        }
+        let expected = records.last().map_or(through, |r: &Record| r.seq) + 1;
+        if seq > expected || (seq < expected && !records.is_empty()) {
+            break;
+        }
+        if seq == expected {
+            records.push(Record {
+                seq,
+                payload: payload.to_vec(),
+            });
+        }
+        at = end;
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> Vec<u8> {
+        encode(&[LoggedOp::Put {
+            table: 4,
+            key: key.as_bytes().to_vec(),
+            value: vec![7; 100],
+        }])
+    }
+
+    fn seqs(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn operations_come_back_as_they_were_encoded_and_garbage_does_not_decode() {
+        let ops = vec![
+            LoggedOp::Put {
+                table: 0,
+                key: b"k".to_vec(),
+                value: vec![],
+            },
+            LoggedOp::Delete {
+                table: 4,
+                key: vec![0xff; 300],
+            },
+        ];
+        let payload = encode(&ops);
+        assert_eq!(decode(&payload), Some(ops));
+        assert_eq!(decode(&payload[..payload.len() - 1]), None);
+        assert_eq!(decode(&[2, 0, 0, 0, 0, 0]), None);
+        assert_eq!(decode(&[0, 0, 9, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn records_after_the_checkpoint_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.wal");
+        let (mut wal, records) = Wal::open(&path, 0).unwrap();
+        assert!(records.is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), WAL_SIZE);
+        for key in ["a", "b", "c"] {
+            wal.append(&put(key)).unwrap();
+        }
+        drop(wal);
+        let (wal, records) = Wal::open(&path, 0).unwrap();
+        assert_eq!(seqs(&records), [1, 2, 3]);
+        assert_eq!(records[1].payload, put("b"));
+        assert_eq!(wal.last_seq(), 3);
+        // A checkpoint through 2 leaves the third alone.
+        let (_, records) = Wal::open(&path, 2).unwrap();
+        assert_eq!(seqs(&records), [3]);
+        let (wal, records) = Wal::open(&path, 3).unwrap();
+        assert!(records.is_empty());
+        assert_eq!(wal.last_seq(), 3);
+    }
+
+    #[test]
+    fn a_torn_record_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.wal");
+        let (mut wal, _) = Wal::open(&path, 0).unwrap();
+        for key in ["a", "b", "c"] {
+            wal.append(&put(key)).unwrap();
+        }
+        drop(wal);
+        // One byte of the second record's payload never reached the disk.
+        let record = (HEADER + put("a").len()) as u64;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xaa], record + HEADER as u64 + 20)
+            .unwrap();
+        let (wal, records) = Wal::open(&path, 0).unwrap();
+        assert_eq!(seqs(&records), [1]);
+        assert_eq!(wal.last_seq(), 1);
+    }
+
+    #[test]
+    fn after_a_restart_older_records_left_behind_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.wal");
+        let (mut wal, _) = Wal::open(&path, 0).unwrap();
+        for key in ["a", "b", "c", "d"] {
+            wal.append(&put(key)).unwrap();
+        }
+        // A checkpoint through 4, then two records over the first two of the last cycle.
+        wal.restart();
+        wal.append(&put("e")).unwrap();
+        wal.append(&put("f")).unwrap();
+        drop(wal);
+        let (wal, records) = Wal::open(&path, 4).unwrap();
+        assert_eq!(seqs(&records), [5, 6]);
+        assert_eq!(records[1].payload, put("f"));
+        assert_eq!(wal.last_seq(), 6);
+        // With no record after the checkpoint, the whole old cycle is skipped.
+        let (_, records) = Wal::open(&path, 6).unwrap();
+        assert!(records.is_empty());
+    }
+
+    #[test]
+    fn a_record_taken_back_is_not_replayed_and_the_next_one_takes_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.wal");
+        let (mut wal, _) = Wal::open(&path, 0).unwrap();
+        wal.append(&put("a")).unwrap();
+        wal.append(&put("b")).unwrap();
+        wal.take_back().unwrap();
+        assert!(
+            wal.take_back().is_err(),
+            "only the newest record can be taken back"
+        );
+        let (_, records) = Wal::open(&path, 0).unwrap();
+        assert_eq!(seqs(&records), [1]);
+        wal.append(&put("c")).unwrap();
+        drop(wal);
+        let (_, records) = Wal::open(&path, 0).unwrap();
+        assert_eq!(seqs(&records), [1, 2]);
+        assert_eq!(records[1].payload, put("c"));
+    }
+
+    #[test]
+    fn a_full_log_refuses_a_record_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(&dir.path().join("node.wal"), 0).unwrap();
+        let big = vec![0; RECORD_MAX];
+        let mut appended = 0;
+        while wal.has_room(big.len()) {
+            wal.append(&big).unwrap();
+            appended += 1;
+        }
+        assert_eq!(appended, 3);
+        let err = wal.append(&big).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        wal.restart();
+        assert!(wal.has_room(big.len()));
+    }
+}
