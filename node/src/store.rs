@@ -2,15 +2,17 @@
 //! in front of it at `<data-dir>/node.wal` ([`wal`]).
 //!
 //! It implements the mesh crate's [`Store`] trait: reads, scans and all-or-nothing batches, each
-//! batch durable before `write` returns. A batch is appended to the log and synced there, then
-//! applied to redb without a sync of redb's own; a checkpoint (one durable redb commit) retires
-//! the log's records when it fills, at a clean stop, and for a batch too big for it. Opening the
-//! store applies again what the log holds past the last checkpoint, so a crash loses nothing
-//! a `write` returned for. redb also locks its file, so two daemons can never share a data
+//! batch durable before `write` returns. A batch is appended to the log and synced there, and
+//! that is all its write waits for; redb takes in the batches waiting since its last update in
+//! one transaction without a sync of its own, before the next read. A checkpoint (one durable
+//! redb commit) retires the log's records when it fills, at a clean stop, and for a batch too
+//! big for it. Opening the store applies again what the log holds past the last checkpoint, so
+//! a crash loses nothing a `write` returned for. redb also locks its file, so two daemons can never share a data
 //! directory (nor its log).
 
 mod wal;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use podmesh_mesh::{Store, StoreError, Table, WriteBatch, WriteOp};
@@ -96,14 +98,19 @@ pub enum OpenError {
     },
 }
 
+/// Logged batches redb may be behind by: past this many, a write first brings redb up to date.
+pub const PENDING_BATCHES_MAX: usize = 256;
+
 /// The redb-backed [`Store`].
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
     wal: Wal,
-    /// Why writes are refused: a batch redb refused could not be taken back from the log, so
-    /// the next open will apply it. Until then nothing else may be written after it.
-    broken: Option<String>,
+    /// What the log holds and redb has not taken in yet, oldest first, and in how many batches.
+    /// Applied together in one transaction before the next read or scan, once
+    /// [`PENDING_BATCHES_MAX`] batches wait, and at each checkpoint: a delivery's write is its
+    /// log append alone, and redb's cost is shared by every batch in between.
+    pending: RefCell<(Vec<LoggedOp>, usize)>,
     /// Set by a fault point: the next batch touching the handshake log fails.
     fail_next_handshake_write: bool,
 }
@@ -175,7 +182,7 @@ impl RedbStore {
         let mut store = Self {
             db,
             wal,
-            broken: None,
+            pending: RefCell::default(),
             fail_next_handshake_write: false,
         };
         if !records.is_empty() {
@@ -221,11 +228,31 @@ impl RedbStore {
         txn.commit().map_err(store_error)
     }
 
-    /// One durable redb commit of `ops`, which also makes durable every batch applied since the
-    /// last one and retires the log's records.
+    /// One durable redb commit of the pending batches and `ops`, which also makes durable every
+    /// batch applied since the last one and retires the log's records.
     fn checkpoint(&mut self, ops: &[LoggedOp]) -> Result<(), StoreError> {
-        self.apply(ops, Durability::Immediate, Some(self.wal.last_seq()))?;
+        let mut all = std::mem::take(&mut self.pending.get_mut().0);
+        let logged = all.len();
+        all.extend_from_slice(ops);
+        if let Err(e) = self.apply(&all, Durability::Immediate, Some(self.wal.last_seq())) {
+            all.truncate(logged);
+            self.pending.get_mut().0 = all;
+            return Err(e);
+        }
+        self.pending.get_mut().1 = 0;
         self.wal.restart();
+        Ok(())
+    }
+
+    /// Applies the pending batches to redb, in one transaction without a sync (the log holds
+    /// them). On an error they stay pending: the next read, write or start tries again.
+    fn settle(&self) -> Result<(), StoreError> {
+        let mut pending = self.pending.borrow_mut();
+        if pending.1 == 0 {
+            return Ok(());
+        }
+        self.apply(&pending.0, Durability::None, None)?;
+        *pending = (Vec::new(), 0);
         Ok(())
     }
 }
@@ -233,8 +260,7 @@ impl RedbStore {
 impl Drop for RedbStore {
     /// A clean stop leaves nothing in the log to apply again.
     fn drop(&mut self) {
-        if self.broken.is_none()
-            && !self.wal.is_empty()
+        if !self.wal.is_empty()
             && let Err(e) = self.checkpoint(&[])
         {
             tracing::warn!(error = %e, "the last checkpoint failed; the next start applies the log");
@@ -314,6 +340,7 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn read(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.settle()?;
         let txn = self.db.begin_read().map_err(store_error)?;
         let table = txn.open_table(definition(table)?).map_err(store_error)?;
         let value = table.get(key).map_err(store_error)?;
@@ -321,6 +348,7 @@ impl Store for RedbStore {
     }
 
     fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.settle()?;
         let txn = self.db.begin_read().map_err(store_error)?;
         let table = txn.open_table(definition(table)?).map_err(store_error)?;
         let mut out = Vec::new();
@@ -351,11 +379,6 @@ impl Store for RedbStore {
             self.fail_next_handshake_write = false;
             return Err(StoreError::new("injected write failure"));
         }
-        if let Some(why) = &self.broken {
-            return Err(StoreError::new(format!(
-                "the store refuses writes until the node restarts: {why}"
-            )));
-        }
         let ops = batch
             .into_ops()
             .into_iter()
@@ -368,15 +391,13 @@ impl Store for RedbStore {
         if !self.wal.has_room(payload.len()) {
             self.checkpoint(&[])?;
         }
-        self.wal.append(&payload).map_err(store_error)?;
-        if let Err(e) = self.apply(&ops, Durability::None, None) {
-            if let Err(back) = self.wal.take_back() {
-                self.broken = Some(format!(
-                    "redb refused a batch ({e}) and taking it back from {WAL_FILE} failed ({back})"
-                ));
-            }
-            return Err(e);
+        if self.pending.get_mut().1 >= PENDING_BATCHES_MAX {
+            self.settle()?;
         }
+        self.wal.append(&payload).map_err(store_error)?;
+        let pending = self.pending.get_mut();
+        pending.0.extend(ops);
+        pending.1 += 1;
         Ok(())
     }
 }
@@ -469,6 +490,35 @@ mod tests {
             vec![(b"n2".to_vec(), b"addr".to_vec())]
         );
         assert_eq!(store.read(Table::Pods, b"missing").unwrap(), None);
+    }
+
+    #[test]
+    fn redb_takes_in_logged_batches_before_a_read_and_past_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        let put = |store: &mut RedbStore, i: u64| {
+            let mut batch = WriteBatch::new();
+            batch.put(Table::Inboxes, i.to_be_bytes().to_vec(), b"m".to_vec());
+            store.write(batch).unwrap();
+        };
+        for i in 0..3 {
+            put(&mut store, i);
+        }
+        assert_eq!(store.pending.borrow().1, 3, "the writes wait in the log");
+        assert_eq!(
+            store.read(Table::Inboxes, &1u64.to_be_bytes()).unwrap(),
+            Some(b"m".to_vec())
+        );
+        assert_eq!(store.pending.borrow().1, 0);
+        for i in 3..3 + PENDING_BATCHES_MAX as u64 + 10 {
+            put(&mut store, i);
+            assert!(store.pending.borrow().1 <= PENDING_BATCHES_MAX);
+        }
+        assert_eq!(store.pending.borrow().1, 10);
+        assert_eq!(
+            store.scan(Table::Inboxes).unwrap().len(),
+            PENDING_BATCHES_MAX + 13
+        );
     }
 
     /// Set for the child process of [`batches_survive_a_crash`]: the data directory it writes.

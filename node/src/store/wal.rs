@@ -1,5 +1,5 @@
 //! The store's write-ahead log, `<data-dir>/node.wal`: each batch is appended here and made
-//! durable with one `fdatasync`, then applied to redb without a sync of its own. A checkpoint
+//! durable with one `fdatasync`; redb takes it in later without a sync of its own. A checkpoint
 //! (one durable redb commit that records the last sequence number it covers) retires the log's
 //! records; opening the store applies again those that came after it.
 //!
@@ -141,8 +141,6 @@ pub(super) struct Wal {
     end: u64,
     /// The next record's sequence number.
     next_seq: u64,
-    /// Where the newest record starts, while it may still be taken back.
-    last_start: Option<u64>,
 }
 
 impl Wal {
@@ -177,7 +175,6 @@ impl Wal {
             path: path.to_owned(),
             end: 0,
             next_seq,
-            last_start: None,
         };
         Ok((wal, records))
     }
@@ -215,29 +212,14 @@ impl Wal {
         record.extend_from_slice(payload);
         self.file.write_all_at(&record, self.end)?;
         self.file.sync_data()?;
-        self.last_start = Some(self.end);
         self.end += record.len() as u64;
         self.next_seq += 1;
-        Ok(())
-    }
-
-    /// Takes the newest record back (its header zeroed and synced), so that no replay applies
-    /// it: for a batch redb refused after the log had it.
-    pub(super) fn take_back(&mut self) -> io::Result<()> {
-        let Some(start) = self.last_start.take() else {
-            return Err(io::Error::other("no record to take back"));
-        };
-        self.file.write_all_at(&[0; HEADER], start)?;
-        self.file.sync_data()?;
-        self.end = start;
-        self.next_seq -= 1;
         Ok(())
     }
 
     /// Starts again at offset 0, once a durable redb commit covers every record appended.
     pub(super) fn restart(&mut self) {
         self.end = 0;
-        self.last_start = None;
     }
 }
 
@@ -375,27 +357,6 @@ mod tests {
         // With no record after the checkpoint, the whole old cycle is skipped.
         let (_, records) = Wal::open(&path, 6).unwrap();
         assert!(records.is_empty());
-    }
-
-    #[test]
-    fn a_record_taken_back_is_not_replayed_and_the_next_one_takes_its_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.wal");
-        let (mut wal, _) = Wal::open(&path, 0).unwrap();
-        wal.append(&put("a")).unwrap();
-        wal.append(&put("b")).unwrap();
-        wal.take_back().unwrap();
-        assert!(
-            wal.take_back().is_err(),
-            "only the newest record can be taken back"
-        );
-        let (_, records) = Wal::open(&path, 0).unwrap();
-        assert_eq!(seqs(&records), [1]);
-        wal.append(&put("c")).unwrap();
-        drop(wal);
-        let (_, records) = Wal::open(&path, 0).unwrap();
-        assert_eq!(seqs(&records), [1, 2]);
-        assert_eq!(records[1].payload, put("c"));
     }
 
     #[test]
