@@ -563,7 +563,7 @@ fn real_stack(args: &Args) -> anyhow::Result<Vec<Row>> {
             note: None,
         },
         Row {
-            what: "one durable write of a message's size through the node's store (its log, then redb), p50".into(),
+            what: "one durable write of a message's size through the node's store (a synced append to its log), p50".into(),
             podmesh: lat(&store_time),
             baseline_name: "one fsynced redb transaction of the same size, p50".into(),
             baseline: Some(lat(&commit_time)),
