@@ -101,16 +101,25 @@ pub enum OpenError {
 /// Logged batches redb may be behind by: past this many, a write first brings redb up to date.
 pub const PENDING_BATCHES_MAX: usize = 256;
 
+/// Logged batches redb has not taken in yet.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Their operations, oldest first.
+    ops: Vec<LoggedOp>,
+    /// How many batches they came in.
+    batches: usize,
+}
+
 /// The redb-backed [`Store`].
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
     wal: Wal,
-    /// What the log holds and redb has not taken in yet, oldest first, and in how many batches.
-    /// Applied together in one transaction before the next read or scan, once
-    /// [`PENDING_BATCHES_MAX`] batches wait, and at each checkpoint: a delivery's write is its
-    /// log append alone, and redb's cost is shared by every batch in between.
-    pending: RefCell<(Vec<LoggedOp>, usize)>,
+    /// What the log holds and redb has not taken in yet: applied together in one transaction
+    /// before the next read or scan, once [`PENDING_BATCHES_MAX`] batches wait, and at each
+    /// checkpoint. A delivery's write is its log append alone, and redb's cost is shared by
+    /// every batch in between.
+    pending: RefCell<Pending>,
     /// Set by a fault point: the next batch touching the handshake log fails.
     fail_next_handshake_write: bool,
 }
@@ -231,15 +240,15 @@ impl RedbStore {
     /// One durable redb commit of the pending batches and `ops`, which also makes durable every
     /// batch applied since the last one and retires the log's records.
     fn checkpoint(&mut self, ops: &[LoggedOp]) -> Result<(), StoreError> {
-        let mut all = std::mem::take(&mut self.pending.get_mut().0);
+        let mut all = std::mem::take(&mut self.pending.get_mut().ops);
         let logged = all.len();
         all.extend_from_slice(ops);
         if let Err(e) = self.apply(&all, Durability::Immediate, Some(self.wal.last_seq())) {
             all.truncate(logged);
-            self.pending.get_mut().0 = all;
+            self.pending.get_mut().ops = all;
             return Err(e);
         }
-        self.pending.get_mut().1 = 0;
+        *self.pending.get_mut() = Pending::default();
         self.wal.restart();
         Ok(())
     }
@@ -248,11 +257,11 @@ impl RedbStore {
     /// them). On an error they stay pending: the next read, write or start tries again.
     fn settle(&self) -> Result<(), StoreError> {
         let mut pending = self.pending.borrow_mut();
-        if pending.1 == 0 {
+        if pending.batches == 0 {
             return Ok(());
         }
-        self.apply(&pending.0, Durability::None, None)?;
-        *pending = (Vec::new(), 0);
+        self.apply(&pending.ops, Durability::None, None)?;
+        *pending = Pending::default();
         Ok(())
     }
 }
@@ -391,13 +400,13 @@ impl Store for RedbStore {
         if !self.wal.has_room(payload.len()) {
             self.checkpoint(&[])?;
         }
-        if self.pending.get_mut().1 >= PENDING_BATCHES_MAX {
+        if self.pending.get_mut().batches >= PENDING_BATCHES_MAX {
             self.settle()?;
         }
         self.wal.append(&payload).map_err(store_error)?;
         let pending = self.pending.get_mut();
-        pending.0.extend(ops);
-        pending.1 += 1;
+        pending.ops.extend(ops);
+        pending.batches += 1;
         Ok(())
     }
 }
@@ -504,17 +513,21 @@ mod tests {
         for i in 0..3 {
             put(&mut store, i);
         }
-        assert_eq!(store.pending.borrow().1, 3, "the writes wait in the log");
+        assert_eq!(
+            store.pending.borrow().batches,
+            3,
+            "the writes wait in the log"
+        );
         assert_eq!(
             store.read(Table::Inboxes, &1u64.to_be_bytes()).unwrap(),
             Some(b"m".to_vec())
         );
-        assert_eq!(store.pending.borrow().1, 0);
+        assert_eq!(store.pending.borrow().batches, 0);
         for i in 3..3 + PENDING_BATCHES_MAX as u64 + 10 {
             put(&mut store, i);
-            assert!(store.pending.borrow().1 <= PENDING_BATCHES_MAX);
+            assert!(store.pending.borrow().batches <= PENDING_BATCHES_MAX);
         }
-        assert_eq!(store.pending.borrow().1, 10);
+        assert_eq!(store.pending.borrow().batches, 10);
         assert_eq!(
             store.scan(Table::Inboxes).unwrap().len(),
             PENDING_BATCHES_MAX + 13
