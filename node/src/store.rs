@@ -47,21 +47,26 @@ const TABLES: [(Table, Bytes); 5] = [
     (Table::Inboxes, INBOXES),
 ];
 
-fn definition(table: Table) -> Result<Bytes, StoreError> {
-    TABLES
-        .iter()
-        .find(|(t, _)| *t == table)
-        .map(|(_, definition)| *definition)
+/// `table`'s number in the log's records: its place in [`TABLES`].
+fn number(table: Table) -> Result<u8, StoreError> {
+    let at = TABLES.iter().position(|(t, _)| *t == table);
+    at.map(|at| at as u8)
         .ok_or_else(|| StoreError::new(format!("no redb table for {table:?}")))
+}
+
+fn numbered(table: u8) -> Result<Bytes, StoreError> {
+    TABLES
+        .get(usize::from(table))
+        .map(|(_, definition)| *definition)
+        .ok_or_else(|| StoreError::new(format!("no table numbered {table}")))
+}
+
+fn definition(table: Table) -> Result<Bytes, StoreError> {
+    numbered(number(table)?)
 }
 
 /// A batch's operation as the log records it.
 fn logged(op: WriteOp) -> Result<LoggedOp, StoreError> {
-    let number = |table: Table| -> Result<u8, StoreError> {
-        let at = TABLES.iter().position(|(t, _)| *t == table);
-        at.map(|at| at as u8)
-            .ok_or_else(|| StoreError::new(format!("no redb table for {table:?}")))
-    };
     Ok(match op {
         WriteOp::Put { table, key, value } => LoggedOp::Put {
             table: number(table)?,
@@ -73,13 +78,6 @@ fn logged(op: WriteOp) -> Result<LoggedOp, StoreError> {
             key,
         },
     })
-}
-
-fn numbered(table: u8) -> Result<Bytes, StoreError> {
-    TABLES
-        .get(usize::from(table))
-        .map(|(_, definition)| *definition)
-        .ok_or_else(|| StoreError::new(format!("no table numbered {table}")))
 }
 
 /// Why the store could not be opened.

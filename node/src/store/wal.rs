@@ -275,6 +275,18 @@ mod tests {
         records.iter().map(|r| r.seq).collect()
     }
 
+    /// A new log in a scratch directory holding one record for each key.
+    fn log_of(keys: &[&str]) -> (tempfile::TempDir, PathBuf, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.wal");
+        let (mut wal, records) = Wal::open(&path, 0).unwrap();
+        assert!(records.is_empty());
+        for key in keys {
+            wal.append(&put(key)).unwrap();
+        }
+        (dir, path, wal)
+    }
+
     #[test]
     fn operations_come_back_as_they_were_encoded_and_garbage_does_not_decode() {
         let ops = vec![
@@ -297,14 +309,8 @@ mod tests {
 
     #[test]
     fn records_after_the_checkpoint_come_back_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.wal");
-        let (mut wal, records) = Wal::open(&path, 0).unwrap();
-        assert!(records.is_empty());
+        let (_dir, path, wal) = log_of(&["a", "b", "c"]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), WAL_SIZE);
-        for key in ["a", "b", "c"] {
-            wal.append(&put(key)).unwrap();
-        }
         drop(wal);
         let (wal, records) = Wal::open(&path, 0).unwrap();
         assert_eq!(seqs(&records), [1, 2, 3]);
@@ -320,14 +326,9 @@ mod tests {
 
     #[test]
     fn a_torn_record_ends_the_replay() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.wal");
-        let (mut wal, _) = Wal::open(&path, 0).unwrap();
-        for key in ["a", "b", "c"] {
-            wal.append(&put(key)).unwrap();
-        }
+        let (_dir, path, wal) = log_of(&["a", "b", "c"]);
         drop(wal);
-        // One byte of the second record's payload never reached the disk.
+        // A byte of the second record's payload is not the one written, as a torn write leaves.
         let record = (HEADER + put("a").len()) as u64;
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[0xaa], record + HEADER as u64 + 20)
@@ -339,12 +340,7 @@ mod tests {
 
     #[test]
     fn after_a_restart_older_records_left_behind_are_not_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.wal");
-        let (mut wal, _) = Wal::open(&path, 0).unwrap();
-        for key in ["a", "b", "c", "d"] {
-            wal.append(&put(key)).unwrap();
-        }
+        let (_dir, path, mut wal) = log_of(&["a", "b", "c", "d"]);
         // A checkpoint through 4, then two records over the first two of the last cycle.
         wal.restart();
         wal.append(&put("e")).unwrap();
@@ -361,8 +357,7 @@ mod tests {
 
     #[test]
     fn a_full_log_refuses_a_record_and_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(&dir.path().join("node.wal"), 0).unwrap();
+        let (_dir, _, mut wal) = log_of(&[]);
         let big = vec![0; RECORD_MAX];
         let mut appended = 0;
         while wal.has_room(big.len()) {
