@@ -345,7 +345,8 @@ fn message_records(seq: u64) -> [(Vec<u8>, Vec<u8>); 2] {
 }
 
 /// The physical floor of one delivery: one fsynced redb transaction the size and shape of a
-/// stored message; and the node's own store ([`RedbStore`]: a synced append to its log) taking the same.
+/// stored message; and the node's own store ([`RedbStore`]: a synced append to its log) taking
+/// the same.
 struct Disk {
     redb: redb::Database,
     store: RedbStore,
