@@ -7,8 +7,8 @@
 //! one transaction without a sync of its own, before the next read. A checkpoint (one durable
 //! redb commit) retires the log's records when it fills, at a clean stop, and for a batch too
 //! big for it. Opening the store applies again what the log holds past the last checkpoint, so
-//! a crash loses nothing a `write` returned for. redb also locks its file, so two daemons can never share a data
-//! directory (nor its log).
+//! a crash loses nothing a `write` returned for. redb also locks its file, so two daemons can
+//! never share a data directory (nor its log).
 
 mod wal;
 
@@ -270,7 +270,10 @@ impl Drop for RedbStore {
         if !self.wal.is_empty()
             && let Err(e) = self.checkpoint(&[])
         {
-            tracing::warn!(error = %e, "the last checkpoint failed; the next start applies the log");
+            tracing::warn!(
+                error = %e,
+                "the last checkpoint failed; the next start applies the log"
+            );
         }
     }
 }
