@@ -504,6 +504,7 @@ mod tests {
 
     #[test]
     fn redb_takes_in_logged_batches_before_a_read_and_past_the_bound() {
+        // Writes wait in the log; a read sees them all, and PENDING_BATCHES_MAX bounds the wait.
         let dir = tempfile::tempdir().unwrap();
         let mut store = RedbStore::open(dir.path()).unwrap();
         let put = |store: &mut RedbStore, i: u64| {
@@ -565,6 +566,7 @@ mod tests {
 
     #[test]
     fn batches_survive_a_crash() {
+        // Every batch a write returned for is there after the process dies mid-cycle.
         if let Ok(dir) = std::env::var(CRASH_DIR) {
             // The child: write, then die with no destructor run and no checkpoint.
             let mut store = RedbStore::open(Path::new(&dir)).unwrap();
